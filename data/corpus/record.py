@@ -1,0 +1,126 @@
+"""The corpus record and the reader protocol every corpus source implements.
+
+A corpus is read in *chunks*: small picklable descriptions of a piece of the input (a byte range
+of a TSV with its first line number, a Parquet row group, one img2dataset tar). ``read_chunk`` turns
+one chunk into a :class:`RecordBatch` in columnar form, so that the vocabulary counter can fan the
+chunks out to worker processes and stay vectorised, while the shard builder iterates
+:class:`Record` objects built from the same batches. Both paths share one parser per source.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Union
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """An image stored inside a tar file (img2dataset shards)."""
+
+    tar: str
+    member: str
+
+
+# Where a record's image lives: a file path, a tar member, the encoded bytes themselves, or a URL
+# (YFCC100M rows carry their download URL; the shard builder resolves it against an image mirror).
+ImageRef = Union[Path, TarMember, bytes, str, None]
+
+
+@dataclass
+class Record:
+    """One corpus item: stable unique ``key``, decoded raw ``tags``, an image reference, metadata."""
+
+    key: str
+    tags: list[str]
+    image: ImageRef = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RecordBatch:
+    """A chunk of records in columnar form.
+
+    ``tags`` holds each row's tags *as written in the source* (for YFCC100M still URL-encoded):
+    decoding is applied per distinct value with the reader's ``decode_tag``, which is far cheaper
+    than per occurrence. ``malformed`` lists rows that were skipped, as (line or row number, reason).
+    """
+
+    keys: pa.Array
+    tags: pa.ListArray
+    images: list[ImageRef] | None = None
+    meta: pa.Table | None = None
+    malformed: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class CorpusReader(abc.ABC):
+    """A corpus source. Subclasses must be picklable (plain option fields) so worker processes can
+    call ``read_chunk`` on chunks produced in the parent."""
+
+    #: name used by ``--source`` on the command line
+    source: str = ""
+
+    @abc.abstractmethod
+    def chunks(self) -> Iterator[Any]:
+        """Picklable descriptions of the pieces of the input, in corpus order."""
+
+    @abc.abstractmethod
+    def read_chunk(self, chunk: Any, tags_only: bool = False) -> RecordBatch:
+        """Parse one chunk; with ``tags_only`` the reader may skip keys' metadata and images."""
+
+    def decode_tag(self, raw: str) -> str:
+        """Turn a tag as stored in the source into the user's text (identity by default)."""
+        return raw
+
+    def describe(self) -> dict[str, Any]:
+        """What vocab.json and info.json record about this corpus (source, input, options)."""
+        return {"source": self.source}
+
+    def records(self) -> Iterator[Record]:
+        """Every well-formed record, in corpus order, with decoded tags."""
+        decode: Callable[[str], str] = self.decode_tag
+        for chunk in self.chunks():
+            batch = self.read_chunk(chunk)
+            keys = batch.keys.to_pylist()
+            tags = batch.tags.to_pylist()
+            meta = batch.meta.to_pylist() if batch.meta is not None else None
+            for i, key in enumerate(keys):
+                yield Record(
+                    key=key,
+                    tags=[decode(t) for t in (tags[i] or ())],
+                    image=batch.images[i] if batch.images is not None else None,
+                    meta=meta[i] if meta is not None else {},
+                )
+
+
+@dataclass
+class MalformedReport:
+    """Counts of skipped rows by reason, with the first ``max_listed`` line numbers of each."""
+
+    max_listed: int = 1000
+    counts: dict[str, int] = field(default_factory=dict)
+    lines: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, line: int, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        listed = self.lines.setdefault(reason, [])
+        if len(listed) < self.max_listed:
+            listed.append(line)
+
+    def extend(self, rows: list[tuple[int, str]]) -> None:
+        for line, reason in rows:
+            self.add(line, reason)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "counts": dict(sorted(self.counts.items())),
+                "lines": {k: sorted(v) for k, v in sorted(self.lines.items())},
+                "max_listed_per_reason": self.max_listed}

@@ -1,0 +1,1 @@
+"""openwsl pretraining: ResNeXt + multi-label softmax under torchrun DDP (may import ``data``)."""
