@@ -1,0 +1,321 @@
+"""Hashtag-frequency resampling: the target label distribution and the stream stage that realises it.
+
+Hashtag counts are Zipfian, so training on the stored image stream mostly shows the head labels.
+The paper resamples towards a flatter target p_h ∝ n_h^q over labels (q=1 natural, q=½ square
+root, the default, q=0 uniform). Drawing a hashtag h from p and then an image uniformly among the
+n_h images carrying it gives each image the probability
+
+    P(I) ∝ Σ_{h∈I} p_h / n_h ∝ Σ_{h∈I} n_h^(q−1) = w(I)
+
+and the mean of w over the N images follows from the label counts alone:
+Σ_I Σ_{h∈I} n_h^(q−1) = Σ_h n_h · n_h^(q−1) = Σ_h n_h^q, so mean_w = Σ_h n_h^q / N.
+
+:class:`LabelResampler` realises P(I) on a stream in which every image appears equally often (the
+loader's resampled shards): each image is emitted ``r = w(I)/mean_w`` times in expectation, as
+⌊r⌋ copies plus one more with probability r − ⌊r⌋. Without a cap the expected number of emitted
+samples per input is exactly 1. An optional cap bounds r (and so the copies of one image, at most
+⌈cap⌉), which lowers the emission rate and under-represents the rarest labels; docs/sampling.md
+derives both effects and reports measured distances to the target.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from data.errors import UserError
+from data.skip_report import SkipReport
+
+Labels = Sequence[int]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_q(q: float) -> float:
+    if isinstance(q, bool) or not isinstance(q, (int, float, np.floating, np.integer)) or not 0 <= q <= 1:
+        raise UserError(f"sampling.q must be a number in [0, 1] (1 natural, 0.5 square root, 0 uniform), "
+                        f"got {q!r}")
+    return float(q)
+
+
+def _check_counts(label_counts: Sequence[int]) -> np.ndarray:
+    try:
+        counts = np.asarray(label_counts, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserError("label_counts must be a list of per-label image counts (info.json "
+                        "'label_counts')") from None
+    if counts.ndim != 1 or counts.size == 0:
+        raise UserError(f"label_counts must be a non-empty list of per-label image counts (info.json "
+                        f"'label_counts'), got shape {counts.shape}")
+    whole = np.isfinite(counts) & (counts == np.round(counts)) & (counts >= 0)
+    if not whole.all():
+        label = int(np.argmin(whole))
+        raise UserError(f"label_counts[{label}] = {label_counts[label]!r} is not a number of images "
+                        "(a whole number >= 0)")
+    if not np.any(counts > 0):
+        raise UserError("label_counts are all zero: no label is carried by any image, nothing to sample")
+    return counts.astype(np.int64)
+
+
+def label_distribution(label_counts: Sequence[int], q: float) -> np.ndarray:
+    """Target p_h ∝ n_h^q over the labels with n_h > 0; labels no image carries get probability 0."""
+    counts, q = _check_counts(label_counts), _check_q(q)
+    mass = np.zeros(counts.size)
+    used = counts > 0
+    mass[used] = counts[used].astype(np.float64) ** q
+    return mass / mass.sum()
+
+
+def label_weights(label_counts: Sequence[int], q: float) -> np.ndarray:
+    """n_h^(q−1) per label: each label's contribution to the weight of an image carrying it.
+
+    Labels with n_h = 0 get NaN: according to the counts no image carries them, so an image that does
+    means the counts describe other data (:func:`image_weights` and the stream reject it).
+    """
+    counts, q = _check_counts(label_counts), _check_q(q)
+    weights = np.full(counts.size, np.nan)
+    used = counts > 0
+    weights[used] = counts[used].astype(np.float64) ** (q - 1.0)
+    return weights
+
+
+def _flatten(labels_per_image: Iterable[Labels]) -> tuple[np.ndarray, np.ndarray, int]:
+    """All label ids in one array, the index of each one's image, and the number of images."""
+    ids: list[int] = []
+    owners: list[int] = []
+    images = 0
+    for labels in labels_per_image:
+        ids.extend(labels)
+        owners.extend([images] * len(labels))
+        images += 1
+    return np.asarray(ids, dtype=np.int64), np.asarray(owners, dtype=np.int64), images
+
+
+def _label_error(label: Any, weights: np.ndarray, where: str) -> UserError:
+    """The one-line error for a label id the counts cannot weigh (out of range or never counted)."""
+    if _is_int(label) and 0 <= label < weights.size:
+        return UserError(f"{where} carries label {label}, which label_counts say no image carries (count 0): "
+                         "use the label_counts of the same shard set (info.json 'label_counts')")
+    return UserError(f"{where} carries label {label!r}, not a label id in [0, {weights.size}): the shards "
+                     "and label_counts come from different vocabularies; use the info.json of these shards")
+
+
+def _weights_per_image(labels_per_image: Iterable[Labels], weights: np.ndarray) -> np.ndarray:
+    ids, owners, images = _flatten(labels_per_image)
+    bad = (ids < 0) | (ids >= weights.size)
+    if not bad.any():
+        bad = np.isnan(weights[ids])
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise _label_error(int(ids[first]), weights, f"image {int(owners[first])}")
+    return np.bincount(owners, weights=weights[ids], minlength=images)
+
+
+def image_weights(labels_per_image: Iterable[Labels], label_counts: Sequence[int], q: float) -> np.ndarray:
+    """w(I) = Σ_{h∈I} n_h^(q−1) per image, unnormalised; 0 for an image with no label.
+
+    Each image's labels are taken to be distinct (as the shards store them).
+    """
+    return _weights_per_image(labels_per_image, label_weights(label_counts, q))
+
+
+def mean_image_weight(label_counts: Sequence[int], q: float, num_images: int | None = None) -> float:
+    """mean_w over the corpus from the label counts alone: Σ_h n_h^q / N (see the module docstring)."""
+    counts = _check_counts(label_counts)
+    images = _check_num_images(num_images, counts)
+    return float(np.sum(counts[counts > 0].astype(np.float64) ** _check_q(q))) / images
+
+
+def _check_num_images(num_images: int | None, counts: np.ndarray) -> int:
+    if num_images is None:
+        return int(counts.sum())
+    if not _is_int(num_images) or num_images < counts.max():
+        raise UserError(f"num_images must be the number of images the label counts were taken over "
+                        f"(info.json num_samples.train), at least the largest label count {counts.max()}; "
+                        f"got {num_images!r}")
+    return int(num_images)
+
+
+def total_variation(p: Sequence[float], q: Sequence[float]) -> float:
+    """½ Σ |p_i − q_i| between two distributions given as (unnormalised) non-negative masses."""
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    return 0.5 * float(np.abs(p / p.sum() - q / q.sum()).sum())
+
+
+def _seed_int(seed: int | Sequence[int]) -> int:
+    """A 128-bit seed for ``random.Random``, well mixed from an int or a tuple such as
+    (seed, rank, worker, epoch), so nearby tuples give unrelated streams."""
+    entropy = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
+    if not entropy or any(not _is_int(s) or s < 0 for s in entropy):
+        raise UserError(f"sampling seed must be a non-negative int or a tuple of them, got {seed!r}")
+    words = np.random.SeedSequence([int(s) for s in entropy]).generate_state(4, dtype=np.uint32)
+    return int.from_bytes(words.astype("<u4").tobytes(), "little")
+
+
+class LabelResampler:
+    """Stream stage that re-weights images towards the label distribution p_h ∝ n_h^q.
+
+    ``label_counts`` are the images per label over the data being streamed (info.json
+    ``label_counts``) and ``num_images`` the number of images N they were counted over (info.json
+    ``num_samples.train``; :meth:`from_info` reads both). ``num_images`` defaults to Σ n_h, which is
+    N only when every image carries exactly one label; pass it for multi-label data, otherwise the
+    emission rate is off by the mean number of labels per image.
+
+    Every input sample is emitted ⌊r⌋ times plus once more with probability r − ⌊r⌋, where
+    r = :meth:`rate` = min(w(I)/mean_w, cap). The first copy is the input dict itself, extra copies
+    are shallow copies (the image bytes are shared). Images with no label carry no hashtag, so the
+    hashtag-then-image draw never picks them: their rate is 0; they are counted in ``skipped``
+    under ``no_label``. A label id outside the counts, or one the counts give 0 images, is an error:
+    the counts then describe other data.
+
+    With q=1 and one label per image (or the same number of labels on every image) the rate is
+    exactly 1 and the stage is the identity. Copies leave adjacent: put a shuffle buffer after this
+    stage, much larger than the largest rate, so that replicas spread over different batches.
+
+    Counters (per instance, so per worker process): ``seen`` inputs, ``emitted`` outputs,
+    ``realised`` (per label, the emitted samples carrying it) and ``realised_draws`` (per label, the
+    hashtag draws the emitted samples stand for: each copy of I adds n_h^(q−1)/w(I) to every h ∈ I,
+    so that without a cap its expectation is ``emitted · target`` even for multi-label images).
+    """
+
+    def __init__(self, label_counts: Sequence[int], q: float = 0.5, cap: float | None = None,
+                 seed: int | Sequence[int] = 0, labels_key: str = "labels", num_images: int | None = None):
+        counts = _check_counts(label_counts)
+        self.q = _check_q(q)
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float, np.number))
+                                or not 1 <= cap < math.inf):
+            raise UserError(f"sampling.cap must be a finite number >= 1 (the most copies expected of one "
+                            f"image) or null for no cap, got {cap!r}")
+        self.cap = None if cap is None else float(cap)
+        self.labels_key = labels_key
+        self.label_counts = counts
+        self.num_images = _check_num_images(num_images, counts)
+        self.weights = label_weights(counts, self.q)
+        self.mean_weight = mean_image_weight(counts, self.q, self.num_images)
+        self.target = label_distribution(counts, self.q)
+        # Plain Python containers: a dict lookup rejects negative ids that list indexing would wrap,
+        # and per-sample float/int arithmetic on them is several times cheaper than on numpy scalars.
+        self._weight_of = {label: float(self.weights[label]) for label in np.flatnonzero(counts > 0).tolist()}
+        self._realised = [0] * counts.size
+        self._draws = [0.0] * counts.size
+        self.seen = 0
+        self.emitted = 0
+        self.skipped = SkipReport()
+        self.reseed(seed)
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any], **kwargs: Any) -> "LabelResampler":
+        """A resampler for the train split of a shard directory, from its parsed info.json."""
+        try:
+            counts, images = info["label_counts"], info["num_samples"]["train"]
+        except (KeyError, TypeError):
+            raise UserError("info.json lacks 'label_counts' or 'num_samples.train': rebuild the shards with "
+                            "scripts/build_shards.py") from None
+        return cls(counts, num_images=images, **kwargs)
+
+    def reseed(self, seed: int | Sequence[int]) -> None:
+        """Restart the random stream; the loader passes e.g. (seed, rank, worker, epoch). Counters are kept."""
+        # Re-seed in place: a running stream (persistent workers) holds this generator's methods.
+        if not hasattr(self, "_rng"):
+            self._rng = random.Random()
+        self._rng.seed(_seed_int(seed))
+
+    def rate(self, labels: Labels) -> float:
+        """Expected copies of an image with these labels: min(w(I)/mean_w, cap); 0 with no label."""
+        return self._rate(self._weight(labels, "an image"))
+
+    def rates(self, labels_per_image: Iterable[Labels]) -> np.ndarray:
+        """:meth:`rate` for many images at once (e.g. a whole corpus, to get the expected emission)."""
+        rates = _weights_per_image(labels_per_image, self.weights) / self.mean_weight
+        return rates if self.cap is None else np.minimum(rates, self.cap)
+
+    def _weight(self, labels: Labels, where: str) -> float:
+        total = 0.0
+        for label in labels:
+            try:
+                total += self._weight_of[label]
+            except (KeyError, TypeError):
+                raise _label_error(label, self.weights, where) from None
+        return total
+
+    def _rate(self, weight: float) -> float:
+        rate = weight / self.mean_weight
+        return rate if self.cap is None or rate <= self.cap else self.cap
+
+    def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
+        """The stream stage: yields each sample ⌊r⌋ times plus once more with probability r − ⌊r⌋."""
+        key = self.labels_key
+        weight_of, realised, draws = self._weight_of, self._realised, self._draws
+        mean_weight = self.mean_weight
+        cap = math.inf if self.cap is None else self.cap
+        random_ = self._rng.random
+        for sample in samples:
+            self.seen += 1
+            try:
+                labels = sample[key]
+            except (KeyError, TypeError):
+                raise UserError(f"sample {self._name(sample)} has no {key!r} field: parse the labels "
+                                "before the resampler, or pass the field's name as labels_key") from None
+            try:
+                size = len(labels)
+            except TypeError:
+                raise UserError(f"sample {self._name(sample)}: {key!r} is {labels!r}, not a list of label "
+                                "ids") from None
+            if size == 1:  # the common case, inlined: this loop runs once per streamed image
+                label = labels[0]
+                try:
+                    weight = weight_of[label]
+                except (KeyError, TypeError):
+                    raise _label_error(label, self.weights, f"sample {self._name(sample)}") from None
+            elif size:
+                weight = self._weight(labels, f"sample {self._name(sample)}")
+            else:
+                self.skipped.add("no_label", self._name(sample))
+                continue
+            rate = weight / mean_weight
+            if rate > cap:
+                rate = cap
+            copies = int(rate)
+            if random_() < rate - copies:
+                copies += 1
+            if not copies:
+                continue
+            self.emitted += copies
+            if size == 1:
+                realised[label] += copies
+                draws[label] += copies
+            else:
+                for label in labels:
+                    realised[label] += copies
+                    draws[label] += copies * weight_of[label] / weight
+            yield sample
+            for _ in range(copies - 1):
+                yield dict(sample)
+
+    @staticmethod
+    def _name(sample: Any) -> str:
+        return str(sample.get("__key__", "?")) if isinstance(sample, Mapping) else repr(sample)[:80]
+
+    @property
+    def realised(self) -> np.ndarray:
+        """Per label, how many emitted samples carry it."""
+        return np.asarray(self._realised, dtype=np.int64)
+
+    @property
+    def realised_draws(self) -> np.ndarray:
+        """Per label, the hashtag draws the emitted samples stand for; expectation emitted · target."""
+        return np.asarray(self._draws, dtype=np.float64)
+
+    def realised_tv(self) -> float:
+        """Total-variation distance between the realised hashtag draws and the target (nan before any)."""
+        return total_variation(self._draws, self.target) if self.emitted else math.nan
+
+    def stats(self) -> dict[str, Any]:
+        """Counters as plain JSON-able values, for a worker to hand to the trainer's log."""
+        return {"q": self.q, "cap": self.cap, "seen": self.seen, "emitted": self.emitted,
+                "realised": list(self._realised), "realised_draws": list(self._draws),
+                "realised_tv": self.realised_tv() if self.emitted else None, "skipped": self.skipped.to_dict()}
