@@ -45,7 +45,8 @@ class RecordBatch:
 
     ``tags`` holds each row's tags *as written in the source* (for YFCC100M still URL-encoded):
     decoding is applied per distinct value with the reader's ``decode_tag``, which is far cheaper
-    than per occurrence. ``malformed`` lists rows that were skipped, as (line or row number, reason).
+    than per occurrence. ``malformed`` lists broken rows, as (line or row number, reason);
+    ``skipped`` counts well-formed rows the reader's options left out (videos, licences), by reason.
     """
 
     keys: pa.Array
@@ -53,6 +54,7 @@ class RecordBatch:
     images: list[ImageRef] | None = None
     meta: pa.Table | None = None
     malformed: list[tuple[int, str]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
