@@ -1,0 +1,334 @@
+"""Checkpoints: atomic writes, keep-last-K, resume, RNG state, and the trunk export for transfer.
+
+Layout in a run directory::
+
+    checkpoint-<images>.pt     numbered, complete files only (temp files start with '.')
+    checkpoint-latest.pt       a hard link to (or, where links fail, an atomic copy of) the newest
+    trunk.safetensors          the network without its hashtag head (export_trunk)
+
+A checkpoint is a plain dict (model, optimizer, scheduler, scaler, step, rng, config, vocab tags;
+:func:`save_checkpoint` adds ``format`` and ``images_seen``) of tensors, lists, numbers and strings,
+so it loads with ``torch.load(weights_only=True)``: a file carrying pickled code is refused, never run.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import re
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+import torch.distributed as dist
+
+from data.atomic_write import atomic_open, fsync_dir, write_bytes
+from data.errors import UserError
+
+FORMAT = "openwsl-checkpoint"
+VERSION = 1
+TRUNK_FORMAT = "openwsl-trunk"
+LATEST = "checkpoint-latest.pt"
+TRUNK_FILE = "trunk.safetensors"
+_NUMBERED = re.compile(r"^checkpoint-(\d+)\.pt$")
+# Wrappers that prefix state-dict keys: DDP (module.) and torch.compile (_orig_mod.).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def checkpoint_path(run_dir: str | os.PathLike, images_seen: int) -> Path:
+    return Path(run_dir) / f"checkpoint-{images_seen}.pt"
+
+
+def numbered_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(images seen, path) of the complete numbered checkpoints in ``run_dir``, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), run_dir / name) for name in os.listdir(run_dir)
+             if (m := _NUMBERED.match(name))]
+    return sorted(found)
+
+
+def save_checkpoint(run_dir: str | os.PathLike, state: Mapping[str, Any], images_seen: int,
+                    keep_last: int) -> Path:
+    """Write ``checkpoint-<images_seen>.pt`` atomically, point checkpoint-latest.pt at it, prune.
+
+    Call on rank 0 only. Older numbered checkpoints beyond the newest ``keep_last`` are deleted;
+    ones numbered above ``images_seen`` (an abandoned branch after resuming from an older file) are
+    left for the user to judge."""
+    if not isinstance(images_seen, int) or images_seen < 0:
+        raise ValueError(f"images_seen must be a non-negative int, got {images_seen!r}")
+    if keep_last < 1:
+        raise UserError(f"checkpoint.keep_last must be >= 1, got {keep_last}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(run_dir)
+    path = checkpoint_path(run_dir, images_seen)
+    payload = {**state, "format": FORMAT, "version": VERSION, "images_seen": images_seen}
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
+    _point_latest(run_dir / LATEST, path)
+    _prune(run_dir, images_seen, keep_last)
+    return path
+
+
+def _remove_stale_temps(run_dir: Path) -> None:
+    # A writer killed mid-save leaves its '.checkpoint-…tmp' behind; only rank 0 ever writes here,
+    # so any such file is dead, and it may be gigabytes.
+    for name in os.listdir(run_dir):
+        if name.startswith(".checkpoint-") and name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(run_dir / name)
+
+
+def _point_latest(latest: Path, target: Path) -> None:
+    """Replace ``latest`` by ``target``'s content in one rename: never missing, never partial."""
+    tmp = latest.with_name(f".{latest.name}.link.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(target, tmp)
+    except OSError:
+        # No hard links on this filesystem (some network mounts): an atomic full copy instead.
+        with atomic_open(latest, "wb") as f, open(target, "rb") as src:
+            shutil.copyfileobj(src, f, length=16 << 20)
+        return
+    os.replace(tmp, latest)
+    fsync_dir(latest.parent)
+
+
+def _prune(run_dir: Path, images_seen: int, keep_last: int) -> None:
+    older = [path for images, path in numbered_checkpoints(run_dir) if images < images_seen]
+    for path in older[:max(0, len(older) - (keep_last - 1))]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` with one clear UserError line for a missing, corrupt or unsafe
+    file. Transfer uses this for official .pth files too."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        raise UserError(f"{path}: {_unpickling_problem(str(err))}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        reason = str(err).split("\n")[0]
+        raise UserError(f"{path}: not a readable torch checkpoint; it is truncated, corrupt or another "
+                        f"format ({reason})") from None
+
+
+def _unpickling_problem(message: str) -> str:
+    code = re.search(r"GLOBAL (\S+)", message)
+    if code:
+        return (f"refused to load: the file carries pickled Python code ({code.group(1)}), which a weights-only "
+                "load never runs; only tensors, numbers, strings, lists and dicts are accepted (re-save it as a "
+                "plain state dict from a trusted source)")
+    detail = re.search(r"Unsupported operand \d+|WeightsUnpickler error: (\S.*)", message)
+    stop = f" (the safe unpickler stopped at: {detail.group(0).splitlines()[0]})" if detail else ""
+    return (f"refused to load: not a plain weights-only torch file{stop}; it is another format, corrupt, or "
+            "carries pickled Python objects")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """An openwsl checkpoint written by :func:`save_checkpoint`, loaded without running pickled code."""
+    state = safe_torch_load(path, map_location, mmap)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: not an openwsl checkpoint (no format={FORMAT!r} entry); to start from "
+                        "a plain model state dict use transfer's init, or point checkpoint.resume at a "
+                        "checkpoint-*.pt written by pretraining")
+    if state.get("version", 0) > VERSION:
+        raise UserError(f"{path}: checkpoint version {state['version']} is newer than this code "
+                        f"understands ({VERSION}); update openwsl")
+    return state
+
+
+def _loadable(path: Path) -> bool:
+    try:
+        load_checkpoint(path, mmap=True)  # mmap: checks the archive without reading the tensors
+        return True
+    except UserError:
+        return False
+
+
+def find_resume(run_dir: str | os.PathLike, resume: str) -> Path | None:
+    """The checkpoint to resume from: ``none`` -> None; ``auto`` -> checkpoint-latest.pt if it loads,
+    else the newest numbered checkpoint that loads, None when there is none, UserError when there are
+    checkpoints and none loads; a path -> that file, or a run directory's checkpoint-latest.pt."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        run_dir = Path(run_dir)
+        candidates = [p for p in [run_dir / LATEST] + [p for _, p in reversed(numbered_checkpoints(run_dir))]
+                      if p.is_file()]
+        found = next((p for p in candidates if _loadable(p)), None)
+        if candidates and found is None:
+            # Starting over would silently overwrite a run the user may want back.
+            raise UserError(f"{run_dir} holds checkpoints but none loads ({', '.join(p.name for p in candidates)}); "
+                            "pass checkpoint.resume=none to start this run over, or a path to resume from")
+        return found
+    path = Path(resume)
+    if path.is_dir():
+        path = path / LATEST
+    if not path.is_file():
+        raise UserError(f"checkpoint.resume={resume}: no such checkpoint; use auto, none, or the path of a "
+                        "checkpoint-*.pt (or of a run directory holding checkpoint-latest.pt)")
+    load_checkpoint(path, mmap=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state as tensors and ints (weights_only-loadable)
+# ---------------------------------------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    """This process's python, numpy, torch CPU and CUDA generator states, as tensors and ints."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
+    nps = state["numpy"]
+    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
+                         nps["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]][:torch.cuda.device_count()])
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's :func:`rng_state`, indexed by rank (a collective: call on all ranks)."""
+    mine = rng_state()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [mine]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)
+    return [_to_cpu(s) for s in states]
+
+
+def restore_rng_states(states: list[Mapping[str, Any]], rank: int, world_size: int) -> bool:
+    """Restore this rank's saved RNG state; False (nothing restored) when the world size changed,
+    in which case the caller keeps its fresh per-rank seeds."""
+    if len(states) != world_size:
+        return False
+    set_rng_state(states[rank])
+    return True
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# The training state (pretraining and transfer fine-tuning share it)
+# ---------------------------------------------------------------------------------------------
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None,
+                   scaler: Any = None, *, step: int, config: Mapping[str, Any],
+                   vocab_tags: list[str] | None = None) -> dict[str, Any]:
+    """What a checkpoint holds, ready for :func:`save_checkpoint`. Gathers every rank's RNG state,
+    so call it on ALL ranks (then save on rank 0 only)."""
+    return {"model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "step": int(step), "rng": gather_rng_states(), "config": dict(config),
+            "vocab_tags": list(vocab_tags) if vocab_tags is not None else None}
+
+
+def restore_training_state(state: Mapping[str, Any], model: torch.nn.Module,
+                           optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
+                           scaler: Any = None, *, rank: int = 0, world_size: int = 1) -> bool:
+    """Load a :func:`load_checkpoint` result into the live objects (strict model keys); True when
+    this rank's RNG state was restored too (False after a world-size change)."""
+    unwrap_model(model).load_state_dict(state["model"])
+    for name, target in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if target is not None and state.get(name) is not None:
+            target.load_state_dict(state[name])
+    return restore_rng_states(state.get("rng") or [], rank, world_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trunk export (safetensors, no head)
+# ---------------------------------------------------------------------------------------------
+
+def clean_state_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip DDP's ``module.`` and torch.compile's ``_orig_mod.`` so keys follow torchvision naming."""
+    cleaned = {}
+    for key, value in state.items():
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        cleaned[key] = value
+    return cleaned
+
+
+def export_trunk(model_state: Mapping[str, torch.Tensor], path: str | os.PathLike, *,
+                 architecture: str, head_prefix: str = "fc.", source_checkpoint: str | None = None,
+                 images_seen: int | None = None) -> Path:
+    """Write the model without its head (keys starting ``head_prefix``) to a safetensors file, atomically.
+
+    Metadata: format, architecture, num_features (the head's input width), head_prefix,
+    source_checkpoint, images_seen."""
+    state = clean_state_keys(model_state)
+    head = {k: v for k, v in state.items() if k.startswith(head_prefix)}
+    if not head:
+        raise UserError(f"no parameters start with {head_prefix!r} in the model state; pass the head's "
+                        "prefix (head_prefix=...) so it is left out of the trunk")
+    trunk = {k: v.detach().to("cpu").contiguous() for k, v in state.items() if not k.startswith(head_prefix)}
+    head_weight = head.get(f"{head_prefix}weight")
+    metadata = {"format": TRUNK_FORMAT, "architecture": architecture, "head_prefix": head_prefix,
+                "num_features": str(head_weight.shape[1]) if head_weight is not None else "",
+                "source_checkpoint": source_checkpoint or "",
+                "images_seen": "" if images_seen is None else str(images_seen)}
+    path = Path(path)
+    write_bytes(path, safetensors.torch.save(trunk, metadata=metadata))
+    return path
+
+
+def load_trunk(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, metadata) of a trunk export; UserError for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"trunk file {path} not found")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable safetensors file ({str(err).splitlines()[0]})") from None
+    return state, metadata

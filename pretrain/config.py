@@ -1,0 +1,564 @@
+"""Typed run configuration: dataclass schema, YAML file, ``section.key=value`` overrides, validation.
+
+A schema is a tree of dataclasses whose fields are declared with :func:`option` (default, help text,
+range, aliases). :func:`load_config` reads a YAML file with ``yaml.safe_load`` semantics, applies
+command-line overrides (each value parsed as YAML, then type-checked like the file) and builds the
+schema, so that every mistake is ONE :class:`~data.errors.UserError` line naming the source (file or
+override), the full dotted key, and the closest valid spelling::
+
+    configs/pretrain/x.yaml: unknown key optim.lerning_rate (did you mean optim.base_lr?)
+
+The machinery is schema-agnostic: transfer passes its own dataclasses as ``schema``. A section may
+define ``validate(self)`` for checks that involve several keys; it raises :class:`InvalidValue`
+naming the key at fault, which is reported with the source that set that key.
+
+``python -m pretrain.config`` prints the key reference that docs/config.md carries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from data.atomic_write import write_text
+from data.errors import UserError
+
+C = TypeVar("C")
+CONFIG_FILE = "config.yaml"
+_MISSING = dataclasses.MISSING
+
+
+class InvalidValue(Exception):
+    """Raised by a section's ``validate``: ``key`` (relative to the section) holds a bad value."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def option(default: Any = _MISSING, help: str = "", *, min: float | None = None, max: float | None = None,
+           above: float | None = None, aliases: tuple[str, ...] = (), factory: Any = _MISSING) -> Any:
+    """A schema field: ``help`` feeds docs/config.md; ``min``/``max`` are inclusive bounds, ``above``
+    an exclusive lower bound; ``aliases`` are other spellings users type (suggested, never accepted)."""
+    meta = {"help": help, "min": min, "max": max, "above": above, "aliases": aliases}
+    if factory is not _MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type, help: str = "") -> Any:
+    """A nested section field (its default is the section's own defaults)."""
+    return field(default_factory=cls, metadata={"help": help, "section": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# The pretraining schema. Counts of the schedule are in IMAGES (all ranks together), never epochs.
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SamplingConfig:
+    q: float | None = option(0.5, "hashtag resampling exponent: target p_h ∝ n_h^q (1 natural, 0.5 square "
+                             "root, the paper's default, 0 uniform); null streams the natural distribution",
+                             min=0.0, max=1.0)
+    cap: float | None = option(None, "most copies expected of one image per pass; null: no cap",
+                               min=1.0)
+
+
+@dataclass
+class DataConfig:
+    train: str | None = option(None, "training shards: a shard directory (with info.json), a brace pattern or "
+                               "a URL list joined with '::' (required)", aliases=("shards", "train_shards"))
+    val: str | None = option(None, "held-out hashtag shards for evaluation; null: no evaluation",
+                             aliases=("val_shards", "eval_shards"))
+    batch_size: int = option(32, "images per GPU (per rank) per step; the paper used 24",
+                             min=1, aliases=("batch", "batch_size_per_gpu"))
+    workers: int = option(8, "DataLoader worker processes per rank", min=0, aliases=("num_workers",))
+    image_size: int = option(224, "train crop side and eval centre-crop side in pixels", min=8,
+                             aliases=("resolution", "img_size", "crop_size"))
+    shuffle_buffer: int = option(2000, "raw samples held per worker for shuffling", min=1)
+    epoch_images: int | None = option(None, "images per loader epoch (all ranks); null: the shards' sample "
+                                      "count from info.json (required for shards without info.json)", min=1)
+    decode: Literal["cpu", "cuda", "auto"] = option("cpu", "JPEG decoding: cpu (workers), cuda (on the "
+                                                    "device), auto (cuda when present)")
+    pin_memory: bool = option(True, "pinned host batches, copied to the GPU without blocking")
+    sampling: SamplingConfig = section(SamplingConfig, "hashtag-frequency resampling")
+
+
+@dataclass
+class ModelConfig:
+    name: str = option("resnext101_32x8d", "model factory name: resnext101_32x{4,8,16,32,48}d, a small "
+                       "variant such as resnext_tiny, or a timm model name", aliases=("arch", "architecture"))
+    zero_init_residual: bool = option(True, "zero-init the last BN gamma of each residual block",
+                                      aliases=("zero_init",))
+    channels_last: bool = option(True, "NHWC memory format (faster convolutions on tensor cores)")
+    compile: bool = option(False, "torch.compile the model")
+
+
+@dataclass
+class LossConfig:
+    name: Literal["softmax", "sigmoid"] = option("softmax", "softmax: cross-entropy against 1/k on each of an "
+                                                 "image's k hashtags (the paper); sigmoid: per-hashtag BCE",
+                                                 aliases=("type", "kind"))
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = option(0.1, "learning rate per reference_batch images: peak lr = base_lr x global batch / "
+                            "reference_batch", above=0.0, aliases=("lr", "learning_rate"))
+    reference_batch: int = option(256, "the batch size base_lr is quoted for", min=1)
+    momentum: float = option(0.9, "SGD momentum", min=0.0, max=1.0)
+    nesterov: bool = option(True, "Nesterov momentum")
+    weight_decay: float = option(1e-4, "L2 weight decay", min=0.0, aliases=("wd",))
+    decay_bn_bias: bool = option(False, "apply weight decay to BN parameters and biases too (the recipe: no)",
+                                 aliases=("bn_weight_decay",))
+    warmup_images: int = option(0, "linear warm-up from 0 to the peak lr over this many images", min=0,
+                                aliases=("warmup",))
+    schedule: Literal["step", "cosine"] = option("step", "after warm-up: step (x decay_factor at decay_steps "
+                                                 "equally spaced points) or cosine (to 0 at total_images)",
+                                                 aliases=("lr_schedule", "scheduler"))
+    decay_steps: int = option(13, "number of step decays, equally spaced over the post-warm-up images "
+                              "(schedule: step)", min=0, aliases=("steps", "num_decays"))
+    decay_factor: float = option(0.5, "lr multiplier at each step decay", above=0.0, max=1.0)
+    total_images: int = option(1_000_000, "training length in images processed, all ranks together",
+                               min=1, aliases=("images", "max_images", "budget"))
+    grad_accum: int = option(1, "micro-batches accumulated per optimiser step (global batch = batch_size x "
+                             "world size x grad_accum)", min=1, aliases=("accumulate", "gradient_accumulation"))
+    clip_grad: float | None = option(None, "clip the global gradient L2 norm to this value; null: no clipping",
+                                     above=0.0, aliases=("grad_clip", "max_grad_norm"))
+
+    def peak_lr(self, global_batch: int) -> float:
+        """The linear scaling rule (Goyal et al.): lr grows with the global batch."""
+        return self.base_lr * global_batch / self.reference_batch
+
+    def validate(self) -> None:
+        if self.warmup_images >= self.total_images:
+            raise InvalidValue("warmup_images", f"must be smaller than optim.total_images "
+                               f"({self.total_images}), got {self.warmup_images}")
+
+
+@dataclass
+class PrecisionConfig:
+    autocast: bool = option(True, "mixed precision autocast (CUDA and CPU)", aliases=("amp", "bf16"))
+    dtype: Literal["bfloat16", "float16"] = option("bfloat16", "autocast dtype; float16 adds a gradient "
+                                                   "scaler (CUDA only)")
+
+
+@dataclass
+class DistConfig:
+    backend: Literal["auto", "nccl", "gloo"] = option("auto", "process-group backend: auto (nccl on CUDA, "
+                                                      "gloo on CPU), nccl, gloo")
+    sync_bn: bool = option(False, "synchronised BN across ranks (the recipe: per-GPU BN)")
+    timeout_s: int = option(1800, "collective timeout in seconds (a hung rank fails after this)", min=1)
+
+
+@dataclass
+class CheckpointConfig:
+    every_images: int = option(10_000_000, "write a checkpoint every this many images (and at the end)",
+                               min=1, aliases=("every", "interval"))
+    keep_last: int = option(3, "numbered checkpoints kept (checkpoint-latest.pt always points at the newest)",
+                            min=1, aliases=("keep",))
+    resume: str = option("auto", "auto (continue from <run dir>/checkpoint-latest.pt when present), none, "
+                         "or a checkpoint path / run directory")
+    export_trunk: bool = option(True, "write trunk.safetensors (no hashtag head) at the end, for transfer")
+
+    def validate(self) -> None:
+        if not self.resume:
+            raise InvalidValue("resume", "must be auto, none or a checkpoint path, got an empty string")
+
+
+@dataclass
+class EvalConfig:
+    every_images: int | None = option(None, "evaluate on data.val every this many images (and at the end); "
+                                      "null: only at the end", min=1, aliases=("every", "interval"))
+    shards: int | None = option(None, "evaluate on the first N shards of data.val; null: all", min=1)
+    batch_size: int | None = option(None, "eval images per rank per batch; null: data.batch_size", min=1)
+
+
+@dataclass
+class TrackingConfig:
+    wandb: Literal["online", "offline", "disabled"] = option("disabled", "Weights & Biases mode (offline: "
+                                                             "logged under <run dir>/wandb, `wandb sync` later)",
+                                                             aliases=("mode", "wandb_mode"))
+    project: str = option("openwsl", "wandb project")
+    entity: str | None = option(None, "wandb entity (team or user); null: your default")
+    name: str | None = option(None, "wandb run name; null: run.name")
+    tags: list[str] = option(factory=list, help="wandb run tags")
+    log_every_steps: int = option(50, "optimiser steps between metric log lines", min=1,
+                                  aliases=("log_every", "log_interval"))
+
+
+@dataclass
+class RunConfig:
+    dir: str = option("runs", "parent directory of run directories", aliases=("root", "output_dir"))
+    name: str = option("pretrain", "run name: the run directory is <dir>/<name>")
+    seed: int = option(0, "base seed; rank r uses seed + r", min=0)
+
+    def run_dir(self) -> Path:
+        return Path(self.dir) / self.name
+
+    def validate(self) -> None:
+        if not self.name or Path(self.name).name != self.name or self.name in (".", ".."):
+            raise InvalidValue("name", f"must be a plain directory name (no '/'), got {self.name!r}")
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = section(DataConfig, "shards and the streaming loader")
+    model: ModelConfig = section(ModelConfig, "the network")
+    loss: LossConfig = section(LossConfig, "the training loss")
+    optim: OptimConfig = section(OptimConfig, "SGD and the learning-rate schedule, counted in images")
+    precision: PrecisionConfig = section(PrecisionConfig, "mixed precision")
+    dist: DistConfig = section(DistConfig, "torch.distributed")
+    checkpoint: CheckpointConfig = section(CheckpointConfig, "checkpoints and resume")
+    eval: EvalConfig = section(EvalConfig, "evaluation on held-out hashtag shards")
+    tracking: TrackingConfig = section(TrackingConfig, "metrics.jsonl and wandb")
+    run: RunConfig = section(RunConfig, "the run directory and seed")
+
+    def validate(self) -> None:
+        if not self.data.train:
+            raise InvalidValue("data.train", "is required: set it in the config file or pass "
+                               "data.train=<shard directory>")
+        if self.eval.every_images is not None and not self.data.val:
+            raise InvalidValue("eval.every_images", "needs data.val (held-out shards); set data.val or "
+                               "eval.every_images=null")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load semantics, plus: a key given twice in one mapping is an error, not a silent overwrite."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        hint = ("; python tags are refused: only plain YAML (mappings, lists, numbers, strings) is accepted"
+                if "python/" in str(err) else "")
+        raise UserError(f"{source}: not valid YAML{where}: {problem}{hint}") from None
+
+
+def _read_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass an existing YAML file to --config "
+                        "(recipes live in configs/)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read the config file ({err})") from None
+    data = _parse_yaml(text, str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must be a mapping of sections (data:, optim:, ...), "
+                        f"got a {type(data).__name__}")
+    return data
+
+
+def _apply_override(data: dict[str, Any], override: str, sources: dict[str, str]) -> None:
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    source = f"override {override!r}"
+    if not sep or not key:
+        raise UserError(f"{source}: overrides look like section.key=value (e.g. optim.base_lr=0.2)")
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise UserError(f"{source}: {key!r} is not a dotted key like section.key")
+    value = _parse_yaml(text, source)
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            parent = ".".join(parts[:depth + 1])
+            raise UserError(f"{source}: cannot set {key}: {parent} holds {_describe(child)}, not a section")
+        node = child
+    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        _merge(node[parts[-1]], value)  # section=value overrides only the keys it names
+    else:
+        node[parts[-1]] = value
+    for leaf in _leaf_keys(value, key):
+        sources[leaf] = source
+
+
+def _leaf_keys(value: Any, key: str) -> list[str]:
+    if isinstance(value, dict) and value:
+        return [leaf for name, item in value.items() for leaf in _leaf_keys(item, f"{key}.{name}")]
+    return [key]
+
+
+def _merge(target: dict[str, Any], update: dict[str, Any]) -> None:
+    for name, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(name), dict):
+            _merge(target[name], value)
+        else:
+            target[name] = value
+
+
+def _source_of(key: str, sources: dict[str, str], default: str) -> str:
+    """The override that set ``key`` (or one of its parent sections), else the file."""
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        found = sources.get(".".join(parts[:end]))
+        if found:
+            return found
+    return default
+
+
+class _Builder:
+    """Turns a nested dict into a schema instance, reporting the first problem as a UserError."""
+
+    def __init__(self, root: type, sources: dict[str, str], default_source: str) -> None:
+        self.root = root
+        self.sources = sources
+        self.default_source = default_source
+
+    def fail(self, key: str, message: str) -> UserError:
+        return UserError(f"{_source_of(key, self.sources, self.default_source)}: {message}")
+
+    def build(self, schema: type[C], data: Any, prefix: str = "") -> C:
+        if not isinstance(data, dict):
+            name = prefix.rstrip(".") or "the config"
+            raise self.fail(prefix.rstrip("."), f"{name} must be a mapping of keys, got {_describe(data)}")
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        hints = typing.get_type_hints(schema)
+        for key in data:
+            if not isinstance(key, str) or key not in fields:
+                raise self.fail(f"{prefix}{key}",
+                                f"unknown key {prefix}{key}{_suggestion(self.root, schema, key, prefix)}")
+        values = {name: self.convert(hints[name], data[name], f"{prefix}{name}", fields[name].metadata)
+                  for name in fields if name in data}
+        instance = schema(**values)
+        self._validate(instance, prefix)
+        return instance
+
+    def _validate(self, instance: Any, prefix: str) -> None:
+        validate = getattr(instance, "validate", None)
+        if validate is None:
+            return
+        try:
+            validate()
+        except InvalidValue as err:
+            key = f"{prefix}{err.key}"
+            raise self.fail(key, f"{key} {err.message}") from None
+
+    def convert(self, hint: Any, value: Any, key: str, meta: typing.Mapping[str, Any]) -> Any:
+        if dataclasses.is_dataclass(hint):
+            return self.build(hint, value, f"{key}.")
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if origin in (typing.Union, types.UnionType):
+            if value is None and type(None) in args:
+                return None
+            (inner,) = [a for a in args if a is not type(None)]
+            return self.convert(inner, value, key, meta)
+        if origin is Literal:
+            if value not in args:
+                close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+                hint_text = f" (did you mean {close[0]}?)" if close else ""
+                raise self.fail(key, f"{key} must be one of {', '.join(map(str, args))}, got {value!r}{hint_text}")
+            return value
+        if origin in (list, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise self.fail(key, f"{key} must be a list, got {_describe(value)}")
+            items = [self.convert(args[0], item, f"{key}[{i}]", {}) for i, item in enumerate(value)]
+            return items if origin is list else tuple(items)
+        converted = self._scalar(hint, value, key)
+        self._check_range(converted, key, meta)
+        return converted
+
+    def _scalar(self, hint: Any, value: Any, key: str) -> Any:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            raise self.fail(key, f"{key} must be true or false, got {_describe(value)}")
+        if hint is int:
+            number = _as_number(value)
+            if number is not None and float(number).is_integer() and math.isfinite(number):
+                return int(number)
+            raise self.fail(key, f"{key} must be an integer, got {_describe(value)}")
+        if hint is float:
+            number = _as_number(value)
+            if number is not None:
+                return float(number)
+            raise self.fail(key, f"{key} must be a number, got {_describe(value)}")
+        if hint is str:
+            if isinstance(value, str):
+                return value
+            raise self.fail(key, f"{key} must be a string, got {_describe(value)} (quote it in YAML)")
+        raise TypeError(f"config schema field {key} has an unsupported type {hint!r}")
+
+    def _check_range(self, value: Any, key: str, meta: typing.Mapping[str, Any]) -> None:
+        low, high, above = meta.get("min"), meta.get("max"), meta.get("above")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return
+        if not math.isfinite(value):
+            raise self.fail(key, f"{key} must be finite, got {value}")
+        if low is not None and high is not None and not low <= value <= high:
+            raise self.fail(key, f"{key} must be in [{_num(low)}, {_num(high)}], got {value}")
+        if low is not None and value < low:
+            raise self.fail(key, f"{key} must be >= {_num(low)}, got {value}")
+        if high is not None and value > high:
+            raise self.fail(key, f"{key} must be <= {_num(high)}, got {value}")
+        if above is not None and value <= above:
+            raise self.fail(key, f"{key} must be > {_num(above)}, got {value}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _as_number(value: Any) -> float | int | None:
+    """Numbers, and numeric strings: YAML 1.1 (PyYAML) reads ``1e-4`` (no dot) as a string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value.replace("_", ""))
+        except ValueError:
+            return None
+    return None
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _suggestion(root: type, schema: type, key: Any, prefix: str) -> str:
+    """' (did you mean optim.base_lr?)': the closest field name or alias in the section, else the same
+    name in another section of ``root``."""
+    candidates: dict[str, str] = {}
+    for f in dataclasses.fields(schema):
+        candidates[f.name] = f.name
+        for alias in f.metadata.get("aliases", ()):
+            candidates.setdefault(alias, f.name)
+    close = difflib.get_close_matches(str(key), list(candidates), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {prefix}{candidates[close[0]]}?)"
+    elsewhere = [k for k in all_keys(root) if k.rsplit(".", 1)[-1] == str(key)]
+    return f" (did you mean {elsewhere[0]}?)" if elsewhere else ""
+
+
+def all_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every leaf key of ``schema`` as a dotted path, in declaration order."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(all_keys(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def config_from_dict(data: dict[str, Any], schema: type[C] = PretrainConfig, source: str = "config") -> C:
+    """Build and validate ``schema`` from a plain dict (e.g. the config stored in a checkpoint)."""
+    return _Builder(schema, {}, source).build(schema, data)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                schema: type[C] = PretrainConfig) -> C:
+    """The validated config: ``schema``'s defaults <- the YAML file at ``path`` <- ``overrides``.
+
+    Raises UserError with one line naming the source, the dotted key and a suggestion."""
+    data = _read_file(path) if path is not None else {}
+    sources: dict[str, str] = {}
+    for override in overrides:
+        _apply_override(data, override, sources)
+    default_source = str(path) if path is not None else "config (defaults and overrides)"
+    return _Builder(schema, sources, default_source).build(schema, data)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain dicts, lists and scalars (for YAML, JSON, wandb and checkpoints)."""
+    return dataclasses.asdict(config)
+
+
+def save_resolved(config: Any, run_dir: str | Path) -> Path:
+    """Write the resolved config to ``<run_dir>/config.yaml`` atomically; loading it gives ``config`` back."""
+    path = Path(run_dir) / CONFIG_FILE
+    header = (f"# Resolved configuration of this run (every key, defaults filled in).\n"
+              f"# Re-run with: --config {path}\n")
+    write_text(path, header + yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference (docs/config.md)
+# ---------------------------------------------------------------------------------------------
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return f"{_type_name(inner[0])} or null"
+    if origin is Literal:
+        return " \\| ".join(str(a) for a in args)
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0])}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    value = f.default_factory() if f.default_factory is not _MISSING else f.default  # type: ignore[misc]
+    return "`" + yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip() + "`"
+
+
+def config_reference(schema: type = PretrainConfig, prefix: str = "") -> str:
+    """A markdown table per section: key, type, default, meaning, range."""
+    hints = typing.get_type_hints(schema)
+    blocks: list[str] = []
+    rows: list[str] = []
+    for f in dataclasses.fields(schema):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            title = f"### `{prefix}{f.name}` — {f.metadata.get('help', '')}\n"
+            blocks.append(title + "\n" + config_reference(hint, f"{prefix}{f.name}."))
+            continue
+        rows.append(f"| `{prefix}{f.name}` | {_type_name(hint)} | {_default_text(f)} | "
+                    f"{f.metadata.get('help', '')}{_range_text(f.metadata)} |")
+    table = ("| key | type | default | meaning |\n|---|---|---|---|\n" + "\n".join(rows) + "\n") if rows else ""
+    return "\n".join(([table] if table else []) + blocks)
+
+
+def _range_text(meta: typing.Mapping[str, Any]) -> str:
+    parts = []
+    if meta.get("min") is not None:
+        parts.append(f">= {_num(meta['min'])}")
+    if meta.get("above") is not None:
+        parts.append(f"> {_num(meta['above'])}")
+    if meta.get("max") is not None:
+        parts.append(f"<= {_num(meta['max'])}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+if __name__ == "__main__":
+    print(config_reference(PretrainConfig), end="")
