@@ -1,0 +1,265 @@
+"""Where a corpus record's image bytes live, and reading them.
+
+The shard builder joins records with images from one ``--images`` location:
+
+- a YFCC100M mirror: ``data/images/<h[:3]>/<h[3:6]>/<h>.jpg`` with ``h`` the md5 of the download
+  URL (the mirror root or its ``data/images`` directory may be given). The 25-column metadata's own
+  ``hash`` column is tried second: common converters write it without zero padding.
+- a flat directory of ``<name>.<ext>``: looked up by the record key, then by the URL's file name
+  (``588715640_40971fc6fa.jpg``), then by the md5 of the URL.
+- img2dataset shards (a ``.tar``, a directory of them, or a glob): indexed by sample key and by the
+  ``url`` in each sample's ``.json``. Members are read in place with ``os.pread`` at the offset the
+  tar header gives: never extracted, and a member name is never used as a path.
+
+Records may also carry their image themselves (a path, a :class:`TarMember`, the bytes).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import json
+import os
+import re
+import tarfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+from urllib.parse import urlsplit
+
+from data.corpus.record import Record, TarMember
+from data.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+_HEX3 = re.compile(r"[0-9a-f]{3}")
+
+
+@dataclass(frozen=True)
+class FileImage:
+    path: str
+
+
+@dataclass(frozen=True)
+class TarImage:
+    tar: str
+    member: str
+
+
+@dataclass(frozen=True)
+class InlineImage:
+    data: bytes
+
+
+ImageSource = Union[FileImage, TarImage, InlineImage]
+
+
+class MissingImage(Exception):
+    """The image a record points to is not there (file, tar or member absent, or unreadable)."""
+
+
+def url_md5(url: str) -> str:
+    return hashlib.md5(url.encode("utf-8")).hexdigest()
+
+
+def record_url(record: Record) -> str | None:
+    if isinstance(record.image, str) and "://" in record.image:
+        return record.image
+    url = record.meta.get("download_url") or record.meta.get("url")
+    return url if isinstance(url, str) and url else None
+
+
+class ImageResolver:
+    """Maps a record to an :class:`ImageSource` (or None when no image can be found)."""
+
+    def __init__(self, location: str | Path | None = None) -> None:
+        self.location = str(location) if location is not None else None
+        self._mirror: Path | None = None
+        self._flat: dict[str, str] | None = None
+        self._tar_index: dict[str, TarImage] | None = None
+        self._root: Path | None = None
+        if location is not None:
+            self._detect(Path(location))
+
+    def _detect(self, path: Path) -> None:
+        if path.is_dir():
+            self._root = path
+            if (path / "data" / "images").is_dir():
+                self._mirror = path / "data" / "images"
+            elif _looks_like_mirror(path):
+                self._mirror = path
+            elif any(path.glob("*.tar")):
+                self._tar_index = index_img2dataset(sorted(path.glob("*.tar")))
+            else:
+                self._flat = _index_flat(path)
+            return
+        tars = sorted(Path(p) for p in glob.glob(str(path)) if p.endswith(".tar"))
+        if not tars:
+            raise UserError(f"--images {path}: not found; pass an image directory (flat or YFCC100M "
+                            "mirror layout), an img2dataset .tar, or a directory/glob of them")
+        self._tar_index = index_img2dataset(tars)
+
+    def describe(self) -> dict:
+        kind = ("yfcc100m-mirror" if self._mirror else "img2dataset" if self._tar_index is not None
+                else "flat-directory" if self._flat is not None else "records")
+        return {"location": self.location, "layout": kind}
+
+    def resolve(self, record: Record) -> ImageSource | None:
+        image = record.image
+        if isinstance(image, bytes):
+            return InlineImage(image)
+        if isinstance(image, TarMember):
+            return TarImage(str(image.tar), image.member)
+        if isinstance(image, Path) or (isinstance(image, str) and "://" not in image and image):
+            return self._resolve_path(Path(image))
+        if self._mirror is not None:
+            return self._resolve_mirror(record)
+        if self._flat is not None:
+            return self._resolve_flat(record)
+        if self._tar_index is not None:
+            url = record_url(record)
+            return self._tar_index.get(record.key) or (self._tar_index.get(url) if url else None)
+        return None
+
+    def _resolve_path(self, path: Path) -> FileImage | None:
+        candidates = [path]
+        if self._root is not None:
+            # A table's paths are relative to the table; the files may sit in --images instead.
+            candidates += [self._root / path, self._root / path.name]
+        for candidate in candidates:
+            if candidate.is_file():
+                return FileImage(str(candidate))
+        return None
+
+    def _resolve_mirror(self, record: Record) -> FileImage | None:
+        url = record_url(record)
+        names = [url_md5(url)] if url else []
+        row_hash = record.meta.get("hash")
+        if isinstance(row_hash, str) and re.fullmatch(r"[0-9a-f]{1,32}", row_hash):
+            names.append(row_hash)
+        for name in names:
+            path = self._mirror / name[:3] / name[3:6] / f"{name}.jpg"
+            if path.is_file():
+                return FileImage(str(path))
+        return None
+
+    def _resolve_flat(self, record: Record) -> FileImage | None:
+        url = record_url(record)
+        stems = [record.key]
+        if url:
+            stems += [Path(urlsplit(url).path).stem, url_md5(url)]
+        for stem in stems:
+            name = self._flat.get(stem)
+            if name is not None:
+                return FileImage(str(self._root / name))
+        return None
+
+
+def _looks_like_mirror(path: Path) -> bool:
+    # A look at the first entries only: a flat folder may hold millions of files.
+    with os.scandir(path) as entries:
+        first = list(itertools.islice(entries, 50))
+    return bool(first) and all(e.is_dir() and _HEX3.fullmatch(e.name) for e in first)
+
+
+def _index_flat(path: Path) -> dict[str, str]:
+    index: dict[str, str] = {}
+    with os.scandir(path) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            stem, suffix = os.path.splitext(entry.name)
+            if suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+                index.setdefault(stem, entry.name)
+    return index
+
+
+def index_img2dataset(tars: list[Path]) -> dict[str, TarImage]:
+    """Sample key and ``url`` (from the sample's .json) -> its image member, over img2dataset tars."""
+    index: dict[str, TarImage] = {}
+    for tar in tars:
+        images: dict[str, str] = {}
+        urls: dict[str, str] = {}
+        try:
+            with tarfile.open(tar, "r:") as archive:
+                for member in archive:
+                    if not member.isfile():
+                        continue
+                    stem, _, suffix = member.name.rpartition("/")[2].partition(".")
+                    if "." + suffix.lower() in IMAGE_SUFFIXES:
+                        images.setdefault(stem, member.name)
+                    elif suffix == "json" and member.size < 1 << 20:
+                        url = _json_url(archive.extractfile(member).read())
+                        if url:
+                            urls[stem] = url
+        except (OSError, tarfile.TarError) as err:
+            raise UserError(f"--images: cannot read img2dataset shard {tar}: {err}") from None
+        for stem, member in images.items():
+            source = TarImage(str(tar), member)
+            index.setdefault(stem, source)
+            if stem in urls:
+                index.setdefault(urls[stem], source)
+    return index
+
+
+def _json_url(raw: bytes) -> str | None:
+    try:
+        url = json.loads(raw).get("url")
+    except (ValueError, AttributeError):
+        return None
+    return url if isinstance(url, str) else None
+
+
+class ImageReader:
+    """Reads the bytes of an :class:`ImageSource`; thread-safe. A tar's member table (offset and
+    size of each regular file, from one header scan) is cached for the most recently used
+    :data:`TAR_INDEX_CACHE` tars; members are read with ``os.pread`` on a descriptor opened per read,
+    so no descriptor outlives a read however many tars a long build touches."""
+
+    def __init__(self) -> None:
+        self._indexes: dict[str, dict[str, tuple[int, int]]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, source: ImageSource) -> bytes:
+        if isinstance(source, InlineImage):
+            return source.data
+        if isinstance(source, FileImage):
+            try:
+                return Path(source.path).read_bytes()
+            except OSError as err:
+                raise MissingImage(f"{source.path}: {err.strerror}") from None
+        where = self._members(source.tar).get(source.member)
+        if where is None:
+            raise MissingImage(f"{source.tar}: no regular member {source.member!r}")
+        offset, size = where
+        try:
+            fd = os.open(source.tar, os.O_RDONLY)
+            try:
+                data = os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise MissingImage(f"{source.tar}: {err.strerror}") from None
+        if len(data) != size:
+            raise MissingImage(f"{source.tar}: member {source.member!r} is cut short")
+        return data
+
+    def _members(self, tar: str) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            members = self._indexes.pop(tar, None)
+            if members is None:
+                members = _tar_members(tar)
+            self._indexes[tar] = members  # most recently used last
+            while len(self._indexes) > TAR_INDEX_CACHE:
+                del self._indexes[next(iter(self._indexes))]
+            return members
+
+
+TAR_INDEX_CACHE = 64
+
+
+def _tar_members(tar: str) -> dict[str, tuple[int, int]]:
+    try:
+        with tarfile.open(tar, "r:") as archive:
+            return {m.name: (m.offset_data, m.size) for m in archive.getmembers() if m.isfile()}
+    except (OSError, tarfile.TarError):
+        # A missing or broken tar makes each of its members a counted missing image.
+        return {}

@@ -1,0 +1,225 @@
+"""Safe decoding of untrusted images: bytes in, an upright 8-bit RGB JPEG of bounded size out.
+
+Corpus images come from the open web, so every step assumes hostile input:
+
+- Only an allowlist of raster formats is tried (:data:`FORMATS`); Pillow's other plugins (EPS calls
+  Ghostscript, for one) never see the bytes.
+- The pixel count is checked from the header *before* any pixel is decoded (``Image.open`` is lazy).
+  Pillow's own decompression-bomb guard is kept as a second line: its error becomes the same skip.
+- JPEGs are decoded at a reduced DCT scale (``draft``) when the target size allows, so a large photo
+  costs a fraction of a full decode in time and memory.
+- Truncated or corrupt files raise :class:`ImageSkip` carrying a named reason; nothing here sets
+  ``ImageFile.LOAD_TRUNCATED_IMAGES`` (a process-wide switch that would hide damage everywhere).
+
+Colour handling: CMYK, grayscale, bilevel and palette images become RGB; transparency (alpha
+channels, ``tRNS`` chunks, transparent palette entries) is composited on white, which is what a
+viewer shows for most web images; 16-bit samples keep their top 8 bits; EXIF orientation is applied
+so the output is upright; animated and multi-frame files give their first frame.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+#: formats tried by ``Image.open`` (multi-picture MPO files open through the JPEG plugin);
+#: anything else is skipped as ``unsupported_format``
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "ICO")
+DEFAULT_SHORT_SIDE = 288
+DEFAULT_QUALITY = 90
+DEFAULT_MAX_PIXELS = 100_000_000
+# Pillow widens every filter when downscaling (antialiasing), so bilinear is a proper low-pass
+# filter here, as in torchvision's Resize default; bicubic costs ~30% more CPU per image.
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "lanczos": Image.Resampling.LANCZOS}
+DEFAULT_RESAMPLE = "bilinear"
+# Pillow raises DecompressionBombError above twice its MAX_IMAGE_PIXELS whatever we ask for, so a
+# larger limit could not be honoured.
+PILLOW_HARD_LIMIT = 2 * Image.MAX_IMAGE_PIXELS
+
+# EXIF orientation -> the transpose that makes the image upright (the table ImageOps.exif_transpose
+# uses; applied here to the small resized image instead of the full decode).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION_TAG = 0x0112
+_WHITE = (255, 255, 255)
+
+
+class ImageSkip(Exception):
+    """An image that cannot be used; ``reason`` is the counted skip name (``corrupt``,
+    ``truncated``, ``too_many_pixels``, ``unsupported_format``, ``unsupported_mode``)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """How images are converted; recorded in info.json."""
+
+    short_side: int = DEFAULT_SHORT_SIDE
+    quality: int = DEFAULT_QUALITY
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    resample: str = DEFAULT_RESAMPLE
+
+    def __post_init__(self) -> None:
+        if self.short_side < 1:
+            raise ValueError(f"short side must be >= 1, got {self.short_side}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {self.quality}")
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"resample filter must be one of {', '.join(RESAMPLE)}, got {self.resample!r}")
+        if not 1 <= self.max_pixels <= PILLOW_HARD_LIMIT:
+            raise ValueError(f"max pixels must be in 1..{PILLOW_HARD_LIMIT} (Pillow's hard "
+                             f"decompression-bomb bound), got {self.max_pixels}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "format": "jpeg", "never_upscale": True,
+                "alpha_background": "white", "exif_orientation": "applied"}
+
+
+@dataclass(frozen=True)
+class ConvertedImage:
+    """A re-encoded image, the decoded pixels it came from, and the source's header size."""
+
+    jpeg: bytes
+    image: Image.Image
+    original_size: tuple[int, int]
+
+
+def target_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
+    """Size with the shorter side at most ``short_side``, aspect kept, never upscaled."""
+    width, height = size
+    short = min(width, height)
+    if short <= short_side:
+        return width, height
+    scale = short_side / short
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def convert(data: bytes, settings: ImageSettings = ImageSettings()) -> ConvertedImage:
+    """Decode ``data``, make it upright RGB with short side <= ``settings.short_side``, re-encode
+    as JPEG. Raises :class:`ImageSkip` for anything that cannot be converted."""
+    image, original_size = decode(data, settings)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=settings.quality)
+    return ConvertedImage(buffer.getvalue(), image, original_size)
+
+
+def decode(data: bytes, settings: ImageSettings = ImageSettings()) -> tuple[Image.Image, tuple[int, int]]:
+    """The upright, resized RGB image of ``data`` and the source's (width, height)."""
+    # Pillow plugins raise many exception types on hostile bytes (struct.error, IndexError,
+    # SyntaxError, ...): every one of them means "this file is broken", so all are caught here.
+    try:
+        with warnings.catch_warnings():
+            # Our own limit replaces the bomb warning (the hard bound still raises), and Pillow's
+            # "corrupt EXIF" chatter would flood a build's progress output; neither is an error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            return _decode_resized(data, settings)
+    except ImageSkip:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageSkip("too_many_pixels", str(err)) from None
+    except Image.UnidentifiedImageError:
+        claimed = claimed_format(data)
+        if claimed is not None:
+            raise ImageSkip("corrupt", f"starts like {claimed} but {claimed} cannot read it") from None
+        raise ImageSkip("unsupported_format", f"not one of {', '.join(FORMATS)}") from None
+    except OSError as err:
+        reason = "truncated" if "truncated" in str(err) else "corrupt"
+        raise ImageSkip(reason, f"{type(err).__name__}: {err}") from None
+    except MemoryError:
+        raise ImageSkip("too_many_pixels", "out of memory while decoding") from None
+    except Exception as err:  # noqa: BLE001 - see the comment at the top of the try block
+        raise ImageSkip("corrupt", f"{type(err).__name__}: {err}") from None
+
+
+def _decode_resized(data: bytes, settings: ImageSettings) -> tuple[Image.Image, tuple[int, int]]:
+    image = Image.open(io.BytesIO(data), formats=FORMATS)
+    size = image.size
+    _check_pixels(size, settings.max_pixels)
+    orientation = _orientation(image)
+    target = target_size(size, settings.short_side)
+    if image.format in ("JPEG", "MPO") and target != size:
+        # DCT-domain downscale by 1/2, 1/4 or 1/8, never below the target size.
+        image.draft("RGB", target)
+    image.load()
+    rgb = to_rgb(image)
+    if rgb.size != target:
+        rgb = rgb.resize(target, RESAMPLE[settings.resample], reducing_gap=3.0)
+    if orientation in _ORIENTATION:
+        rgb = rgb.transpose(_ORIENTATION[orientation])
+    return rgb, size
+
+
+def claimed_format(data: bytes) -> str | None:
+    """The allowlisted format whose signature ``data`` starts with, if any."""
+    Image.init()
+    prefix = data[:16]
+    for name in FORMATS:
+        accept = Image.OPEN[name][1] if name in Image.OPEN else None
+        if accept is not None and accept(prefix):
+            return name
+    return None
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageSkip("corrupt", f"empty image {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageSkip("too_many_pixels", f"{width}x{height} exceeds {max_pixels} pixels")
+
+
+def _orientation(image: Image.Image) -> int:
+    # A damaged EXIF block must not cost the picture: treat it as "no orientation".
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        return int(value) if isinstance(value, int) else 1
+    except Exception:  # noqa: BLE001 - any EXIF parse failure means "unknown orientation"
+        return 1
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of a loaded image of any mode; transparency composited on white."""
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        image = _sixteen_bit_to_l(image)
+    elif image.mode == "F":
+        raise ImageSkip("unsupported_mode", "floating-point samples")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        return _composite_on_white(image)
+    return image.convert("RGB")
+
+
+def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
+    # Pillow's I;16 -> L conversion clips at 255 instead of scaling; keep the top 8 bits.
+    samples = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+    gray = Image.fromarray((samples >> 8).astype(np.uint8), "L")
+    transparent = image.info.get("transparency")
+    if not isinstance(transparent, int):
+        return gray
+    # tRNS names one exact 16-bit value; match it before the reduction merges 256 values into one.
+    alpha = Image.fromarray(np.where(samples == transparent, 0, 255).astype(np.uint8), "L")
+    return Image.merge("LA", (gray, alpha))
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGB", rgba.size, _WHITE)
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background

@@ -1,0 +1,150 @@
+"""Building one work unit: read, convert and check its images, write its shard and manifest.
+
+A unit depends only on itself and the build settings, so units can be built by any worker on any
+node, in any order. The shard (``<split>-NNNNNN.tar``) is written atomically first, then its manifest
+(``.build/<split>-NNNNNN.json``: sample count, bytes, sha256, label counts, skips, near-duplicate
+matches, and the unit's fingerprint). A shard counts as done only when its manifest is present,
+its fingerprint matches the current plan and the tar has the recorded size, so a build killed at
+any point resumes by rebuilding exactly the units that lack that.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data.atomic_write import write_json
+from data.image_sources import ImageReader, MissingImage
+from data.images import ImageSettings, ImageSkip, convert
+from data.near_duplicates import EvalIndex, phash
+from data.shard_plan import Candidate, Unit
+from data.skip_report import SkipReport
+from data.tar_writer import write_tar
+
+BUILD_DIR = ".build"
+
+
+@dataclass(frozen=True)
+class UnitContext:
+    """What every unit of one build shares; sent once to each worker process."""
+
+    out_dir: str
+    image: ImageSettings
+    settings_digest: str
+    eval_index: EvalIndex | None = None
+
+
+def manifest_path(out_dir: str | Path, name: str) -> Path:
+    return Path(out_dir) / BUILD_DIR / f"{name}.json"
+
+
+def is_complete(unit: Unit, context: UnitContext) -> bool:
+    """True when the unit's shard and manifest from an earlier run match the current plan."""
+    manifest = read_manifest(context.out_dir, unit.name)
+    if manifest is None or manifest.get("fingerprint") != unit.fingerprint(context.settings_digest):
+        return False
+    tar = Path(context.out_dir) / f"{unit.name}.tar"
+    return tar.is_file() and tar.stat().st_size == manifest.get("bytes")
+
+
+def remove_temporary_files(path: Path, min_age_s: float = 0.0) -> None:
+    """Delete the temp files an interrupted atomic write of ``path`` left (``.<name>.*.tmp``).
+
+    A unit is built by one process at a time, so its own temp files are always stale; files that
+    several nodes may write (info.json, the plan) pass ``min_age_s`` to spare a write in progress."""
+    now = time.time()
+    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if now - temp.stat().st_mtime >= min_age_s:
+                temp.unlink()
+
+
+def read_manifest(out_dir: str | Path, name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(manifest_path(out_dir, name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _sample_json(candidate: Candidate, size: tuple[int, int], original: tuple[int, int]) -> bytes:
+    obj: dict[str, Any] = dict(candidate.provenance)
+    obj.update(key=candidate.key, source_key=candidate.source_key, labels=list(candidate.labels),
+               tags=list(candidate.tags), width=size[0], height=size[1],
+               original_width=original[0], original_height=original[1])
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass
+class UnitSamples:
+    """What a unit's candidates became: tar members, label counts, skips, near-duplicate matches."""
+
+    members: list[tuple[str, bytes]] = field(default_factory=list)
+    labels: Counter = field(default_factory=Counter)
+    skips: SkipReport = field(default_factory=SkipReport)
+    near: list[dict[str, Any]] = field(default_factory=list)
+
+
+def convert_candidates(unit: Unit, context: UnitContext, reader: ImageReader) -> UnitSamples:
+    """Read, convert and check every candidate of ``unit``, in order."""
+    result = UnitSamples()
+    for candidate in unit.candidates:
+        try:
+            converted = convert(reader.read(candidate.image), context.image)
+        except MissingImage:
+            result.skips.add("missing_image", candidate.source_key)
+            continue
+        except ImageSkip as skip:
+            result.skips.add(skip.reason, candidate.source_key)
+            continue
+        if context.eval_index is not None:
+            match = context.eval_index.match(phash(converted.image))
+            if match is not None:
+                result.skips.add("near_duplicate_of_eval", candidate.source_key)
+                result.near.append({"key": candidate.source_key, "eval": match[0], "distance": match[1]})
+                continue
+        result.members.append((f"{candidate.key}.jpg", converted.jpeg))
+        result.members.append((f"{candidate.key}.json",
+                               _sample_json(candidate, converted.image.size, converted.original_size)))
+        result.labels.update(candidate.labels)
+    return result
+
+
+def build_unit(unit: Unit, context: UnitContext, reader: ImageReader | None = None) -> dict[str, Any]:
+    """Build ``unit``'s shard, then its manifest (in that order: see the module docstring)."""
+    samples = convert_candidates(unit, context, reader or ImageReader())
+    tar = Path(context.out_dir) / f"{unit.name}.tar"
+    manifest_file = manifest_path(context.out_dir, unit.name)
+    remove_temporary_files(tar)
+    remove_temporary_files(manifest_file)
+    size = write_tar(tar, samples.members)
+    manifest = {
+        "unit": unit.name, "split": unit.split, "index": unit.index,
+        "fingerprint": unit.fingerprint(context.settings_digest),
+        "candidates": len(unit.candidates), "samples": len(samples.members) // 2, "bytes": size,
+        "sha256": hashlib.sha256(tar.read_bytes()).hexdigest(),
+        "label_counts": {str(k): v for k, v in sorted(samples.labels.items())},
+        "skips": samples.skips.to_dict(), "near_duplicates": samples.near,
+    }
+    write_json(manifest_file, manifest, indent=None)
+    return manifest
+
+
+# Worker-process state: set once by the pool initializer so units travel without the eval index.
+_CONTEXT: UnitContext | None = None
+_READER: ImageReader | None = None
+
+
+def init_worker(context: UnitContext) -> None:
+    global _CONTEXT, _READER
+    _CONTEXT, _READER = context, ImageReader()
+
+
+def build_unit_in_worker(unit: Unit) -> dict[str, Any]:
+    assert _CONTEXT is not None, "init_worker was not run in this process"
+    return build_unit(unit, _CONTEXT, _READER)

@@ -1,0 +1,393 @@
+"""The shard builder end to end: real JPEG files and tables made here, real tars read back with
+webdataset and tar, determinism across worker counts, resume after kill -9, node split."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from data.corpus import open_corpus
+from data.corpus.record import CorpusReader, Record, RecordBatch, TarMember
+from data.errors import UserError
+from data.image_sources import FileImage, ImageResolver, TarImage, url_md5
+from data.images import ImageSettings
+from data.shard_plan import sample_key, split_of
+from data.shards import BuildConfig, build_shards, finalize
+from data.tar_writer import write_tar
+from data.vocab import Label, Vocabulary
+from tests.shard_factory import photo_like
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["cat", "dog", "bird", "fish", "tree"]
+
+
+def _png_bomb_header(width: int = 60_000, height: int = 60_000) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def make_corpus(root: Path, good: int = 30, size: tuple[int, int] = (80, 60), seed: int = 0) -> dict:
+    """A JSONL table + image folder with ``good`` labelled photos and one record of each bad kind."""
+    rng = np.random.default_rng(seed)
+    images = root / "img"
+    images.mkdir(parents=True)
+    rows = []
+    for i in range(good):
+        (images / f"p{i}.jpg").write_bytes(photo_like(rng, *size))
+        # Spelling variants of the vocab words: '#Cat', 'BIRD', 'tree ' canonicalise to labels.
+        tags = [["#Cat", "Dog"], ["BIRD"], ["fish", "tree ", "holiday"], ["dog"], ["tree", "cat"]][i % 5]
+        rows.append({"key": f"p{i}", "tags": tags, "image": f"img/p{i}.jpg"})
+    (images / "dup.jpg").write_bytes((images / "p3.jpg").read_bytes())
+    cut = photo_like(rng, 200, 150)
+    (images / "cut.jpg").write_bytes(cut[: len(cut) // 2])
+    (images / "bomb.png").write_bytes(_png_bomb_header())
+    (images / "odd.jpg").write_bytes(photo_like(rng, *size))
+    rows += [
+        {"key": "nolabel1", "tags": ["holiday", "2015"], "image": "img/p0.jpg"},
+        {"key": "nolabel2", "tags": [], "image": "img/p1.jpg"},
+        {"key": "gone", "tags": ["cat"], "image": "img/not-there.jpg"},
+        {"key": "copy-of-p3", "tags": ["fish"], "image": "img/dup.jpg"},
+        {"key": "cut", "tags": ["dog"], "image": "img/cut.jpg"},
+        {"key": "bomb", "tags": ["bird"], "image": "img/bomb.png"},
+        {"key": "users/42/photo.v2", "tags": ["cat"], "image": "img/odd.jpg"},
+    ]
+    with open(root / "table.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    Vocabulary([Label(i, w, 10 - i) for i, w in enumerate(WORDS)]).save(root / "vocab.json")
+    return {row["key"]: row for row in rows}
+
+
+def build(root: Path, out: str = "shards", **options) -> tuple[BuildConfig, object]:
+    settings = {"shard_size": 4, "val_fraction": 0.25, "workers": 1, **options}
+    config = BuildConfig(root / out, root / "vocab.json", str(root), **settings)
+    return config, build_shards(open_corpus("jsonl", root / "table.jsonl"), config)
+
+
+def tree_bytes(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def read_webdataset(out: Path, split: str, info: dict) -> list[dict]:
+    urls = [str(out / shard["name"]) for shard in info["shards"][split]]
+    dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.single_node_only,
+                             workersplitter=None)
+    return list(dataset)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    rows = make_corpus(root)
+    config, result = build(root)
+    return root, config.out, rows, result
+
+
+def test_shards_read_back_with_webdataset(built):
+    _, out, rows, result = built
+    info = json.loads((out / "info.json").read_text())
+    assert result.info == info
+    vocab = Vocabulary.load(out.parent / "vocab.json")
+    recount = [0] * len(WORDS)
+    for split in ("train", "val"):
+        samples = read_webdataset(out, split, info)
+        assert len(samples) == info["num_samples"][split]
+        assert [s["samples"] for s in info["shards"][split]] == [
+            sum(1 for m in tarfile.open(out / s["name"]).getnames() if m.endswith(".json"))
+            for s in info["shards"][split]]
+        for sample in samples:
+            meta = json.loads(sample["json"])
+            assert meta["key"] == sample["__key__"]
+            assert meta["tags"] == rows[meta["source_key"]]["tags"]
+            assert meta["labels"] == vocab.label_ids(meta["tags"]) and meta["labels"]
+            with Image.open(io.BytesIO(sample["jpg"])) as image:
+                assert image.format == "JPEG" and image.mode == "RGB"
+                assert image.size == (meta["width"], meta["height"]) == (80, 60)
+            if split == "train":
+                for label in meta["labels"]:
+                    recount[label] += 1
+    assert info["label_counts"] == recount
+    assert info["num_samples"]["total"] == info["num_samples"]["train"] + info["num_samples"]["val"] == 31
+    assert info["vocab"]["sha256"] == hashlib.sha256((out.parent / "vocab.json").read_bytes()).hexdigest()
+    assert info["vocab"]["tags"] == WORDS
+    for shard in info["shards"]["train"] + info["shards"]["val"]:
+        assert hashlib.sha256((out / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+
+
+def test_shards_list_with_tar(built):
+    _, out, _, _ = built
+    info = json.loads((out / "info.json").read_text())
+    listed = []
+    for shard in info["shards"]["train"] + info["shards"]["val"]:
+        done = subprocess.run(["tar", "tf", str(out / shard["name"])], capture_output=True, text=True,
+                              check=True)
+        names = done.stdout.split()
+        assert len(names) == 2 * shard["samples"]
+        listed += names
+    stems = [name.rsplit(".", 1)[0] for name in listed]
+    assert all("/" not in s and "." not in s for s in stems)
+    assert Counter(name.rsplit(".", 1)[1] for name in listed) == {"jpg": 31, "json": 31}
+    assert sample_key("users/42/photo.v2") in stems
+
+
+def test_every_skip_is_counted_by_reason(built):
+    _, out, _, _ = built
+    report = json.loads((out / "report.json").read_text())
+    expected = {"no_label": ["nolabel1", "nolabel2"], "missing_image": ["gone"],
+                "duplicate": ["copy-of-p3"], "truncated": ["cut"], "too_many_pixels": ["bomb"]}
+    assert report["skipped"]["counts"] == {k: len(v) for k, v in sorted(expected.items())}
+    assert report["skipped"]["examples"] == expected
+    assert report["records_read"] == 37
+    info = json.loads((out / "info.json").read_text())
+    assert info["skipped"]["counts"] == report["skipped"]["counts"]
+    assert (out / "label_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_bytes_whatever_the_worker_count(built, tmp_path):
+    root, out, _, _ = built
+    build(root, out=str(tmp_path / "two-workers"), workers=2)
+    assert tree_bytes(tmp_path / "two-workers") == tree_bytes(out)
+
+
+def test_val_split_is_a_stable_fraction_of_keys():
+    keys = [f"photo{i}" for i in range(20_000)]
+    share = sum(split_of(k, 0.2) == "val" for k in keys) / len(keys)
+    assert abs(share - 0.2) < 0.015  # binomial sd 0.0028: more than 5 sd
+    assert [split_of(k, 0.2) for k in keys[:100]] == [split_of(k, 0.2) for k in keys[:100]]
+    assert all(split_of(k, 0.0) == "train" for k in keys[:1000])
+
+
+def test_sample_keys_are_tar_safe_stable_and_unique():
+    assert sample_key("12345") == "12345" and sample_key("a_b-C") == "a_b-C"
+    odd = ["a.b", "a/b", "a_b.", "../etc/passwd", "ünïcode", "x" * 300, ".", "a b"]
+    keys = [sample_key(k) for k in odd]
+    assert len(set(keys)) == len(keys)
+    assert all(len(k) <= 93 and "." not in k and "/" not in k and k for k in keys)
+    assert keys == [sample_key(k) for k in odd]
+
+
+def test_resume_keeps_complete_shards_and_rebuilds_damaged_ones(tmp_path):
+    make_corpus(tmp_path)
+    config, fresh = build(tmp_path)
+    reference = tree_bytes(config.out)
+    (config.out / "train-000001.tar").write_bytes(b"half a shard")  # tar without a matching manifest
+    (config.out / ".build" / "train-000002.json").unlink()  # a shard whose manifest never landed
+    (config.out / "info.json").unlink()
+    # Temp files that kill -9 leaves mid-write (data.atomic_write names them .<name>.<random>.tmp).
+    stale = [config.out / ".train-000001.tar.k1ll3d.tmp", config.out / ".build" / ".train-000002.json.x.tmp",
+             config.out / ".info.json.old.tmp"]
+    for temp in stale:
+        temp.write_bytes(b"partial")
+    os.utime(stale[-1], (time.time() - 3600, time.time() - 3600))
+    _, again = build(tmp_path)
+    assert again.built == 2 and again.kept == fresh.built - 2
+    assert tree_bytes(config.out) == reference
+
+
+def test_changed_settings_rebuild_every_shard(tmp_path):
+    make_corpus(tmp_path)
+    build(tmp_path)
+    _, changed = build(tmp_path, image=ImageSettings(quality=60))
+    assert changed.kept == 0
+    build(tmp_path, out="fresh", image=ImageSettings(quality=60))
+    assert tree_bytes(tmp_path / "shards") == tree_bytes(tmp_path / "fresh")
+
+
+def test_node_split_then_finalize_equals_one_full_run(tmp_path):
+    make_corpus(tmp_path)
+    build(tmp_path, out="full")
+    _, first = build(tmp_path, out="split", num_nodes=2, node_rank=0)
+    assert not first.finalized and first.built > 0 and first.other_nodes > 0
+    assert not (tmp_path / "split" / "info.json").exists()
+    with pytest.raises(UserError, match="not built yet"):
+        finalize(tmp_path / "split")
+    _, second = build(tmp_path, out="split", num_nodes=2, node_rank=1)
+    assert second.finalized and second.built == first.other_nodes
+    finalize(tmp_path / "split")  # an explicit --finalize afterwards changes nothing
+    assert tree_bytes(tmp_path / "split") == tree_bytes(tmp_path / "full")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "scripts" / "build_shards.py"), *args]
+
+
+def test_resume_after_kill_is_byte_identical(tmp_path):
+    make_corpus(tmp_path, good=60, size=(400, 300))
+    common = ["--source", "jsonl", "--input", str(tmp_path / "table.jsonl"), "--images", str(tmp_path),
+              "--vocab", str(tmp_path / "vocab.json"), "--shard-size", "2", "--val-fraction", "0.2",
+              "--workers", "1", "--no-progress"]
+    subprocess.run(_cli(*common, "--out", str(tmp_path / "whole")), check=True, capture_output=True)
+    out = tmp_path / "killed"
+    process = subprocess.Popen(_cli(*common, "--out", str(out)), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (out / ".build" / "train-000000.json").exists() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "info.json").exists(), "the build finished before it could be killed"
+    assert len(list(out.glob("*.tar"))) < len(list((tmp_path / "whole").glob("*.tar")))
+    done = subprocess.run(_cli(*common, "--out", str(out)), check=True, capture_output=True, text=True)
+    assert "train shard(s)" in done.stdout
+    assert tree_bytes(out) == tree_bytes(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--vocab", "missing.json"), "vocabulary missing.json not found"),
+    (("--images", "no-such-dir"), "--images no-such-dir: not found"),
+    (("--input", "no-such.jsonl"), "no-such.jsonl not found"),
+    (("--node-rank", "2", "--num-nodes", "2"), "--node-rank must be in"),
+    (("--quality", "0"), "JPEG quality"),
+])
+def test_bad_arguments_fail_with_one_line(tmp_path, change, message):
+    make_corpus(tmp_path, good=5)
+    args = {"--source": "jsonl", "--input": str(tmp_path / "table.jsonl"), "--images": str(tmp_path),
+            "--vocab": str(tmp_path / "vocab.json"), "--out": str(tmp_path / "out")}
+    extra = []
+    for flag, value in zip(change[::2], change[1::2]):
+        if flag in args:
+            args[flag] = value
+        else:
+            extra += [flag, value]
+    argv = [part for pair in args.items() for part in pair] + extra
+    done = subprocess.run(_cli(*argv, "--no-progress"), capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+
+
+# --- where images come from ------------------------------------------------------------------------
+
+def _record(key: str, image=None, **meta) -> Record:
+    return Record(key=key, tags=["cat"], image=image, meta=meta)
+
+
+def test_mirror_layout_by_url_md5_then_row_hash(tmp_path):
+    url = "http://farm1.staticflickr.com/1/588715640_40971fc6fa.jpg"
+    digest = url_md5(url)
+    images = tmp_path / "mirror" / "data" / "images"
+    (images / digest[:3] / digest[3:6]).mkdir(parents=True)
+    (images / digest[:3] / digest[3:6] / f"{digest}.jpg").write_bytes(b"x")
+    unpadded = "5f2a9e1c0b7d3a4f8e6c2b1a0d9f8e7"  # 31 hex digits, as some converters write it
+    (images / unpadded[:3] / unpadded[3:6]).mkdir(parents=True)
+    (images / unpadded[:3] / unpadded[3:6] / f"{unpadded}.jpg").write_bytes(b"y")
+    for location in (tmp_path / "mirror", images):
+        resolver = ImageResolver(location)
+        assert resolver.describe()["layout"] == "yfcc100m-mirror"
+        assert resolver.resolve(_record("1", url, download_url=url)) == FileImage(
+            str(images / digest[:3] / digest[3:6] / f"{digest}.jpg"))
+        other = "http://farm1.staticflickr.com/2/other.jpg"
+        assert resolver.resolve(_record("2", other, hash=unpadded)) == FileImage(
+            str(images / unpadded[:3] / unpadded[3:6] / f"{unpadded}.jpg"))
+        assert resolver.resolve(_record("3", other, hash="0")) is None
+
+
+def test_flat_folder_by_key_then_url_file_name(tmp_path):
+    (tmp_path / "k1.png").write_bytes(b"x")
+    (tmp_path / "588715640_40971fc6fa.jpg").write_bytes(b"y")
+    resolver = ImageResolver(tmp_path)
+    assert resolver.resolve(_record("k1")) == FileImage(str(tmp_path / "k1.png"))
+    url = "http://farm1.staticflickr.com/1/588715640_40971fc6fa.jpg"
+    assert resolver.resolve(_record("99", url)) == FileImage(str(tmp_path / "588715640_40971fc6fa.jpg"))
+    assert resolver.resolve(_record("k2")) is None
+
+
+def test_img2dataset_shards_are_read_in_place(tmp_path):
+    rng = np.random.default_rng(1)
+    members = []
+    for i in range(6):
+        key = f"{i:09d}"
+        members.append((f"{key}.jpg", photo_like(rng, 64, 48)))
+        members.append((f"{key}.json", json.dumps({"key": key, "url": f"http://x/{i}.jpg",
+                                                    "tags": "cat,dog" if i % 2 else "bird"}).encode()))
+    # A hostile member name is only ever a key: nothing is written outside the output folder.
+    members.append(("../escape.jpg", photo_like(rng, 64, 48)))
+    write_tar(tmp_path / "00000.tar", members)
+    index_resolver = ImageResolver(tmp_path / "00000.tar")
+    assert index_resolver.resolve(_record("zz", "http://x/3.jpg")) == TarImage(str(tmp_path / "00000.tar"),
+                                                                            "000000003.jpg")
+    assert ImageResolver(None).resolve(_record("k", TarMember("t.tar", "a.jpg"))) == TarImage("t.tar", "a.jpg")
+    Vocabulary([Label(i, w, 1) for i, w in enumerate(WORDS)]).save(tmp_path / "vocab.json")
+    config = BuildConfig(tmp_path / "out", tmp_path / "vocab.json", None, shard_size=4, val_fraction=0.0)
+    result = build_shards(open_corpus("img2dataset", tmp_path / "00000.tar"), config)
+    assert result.info["num_samples"]["train"] == 6
+    assert not (tmp_path / "escape.jpg").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".tar") == [
+        "train-000000.tar", "train-000001.tar"]
+
+
+class _ListReader(CorpusReader):
+    """Records given in memory (bytes images), for the builder's inline-image path."""
+
+    source = "list"
+
+    def __init__(self, rows: list[tuple[str, list[str], bytes]]) -> None:
+        self.rows = rows
+
+    def chunks(self):
+        return [0]
+
+    def read_chunk(self, chunk, tags_only=False):
+        import pyarrow as pa
+        return RecordBatch(pa.array([r[0] for r in self.rows]),
+                           pa.array([r[1] for r in self.rows], pa.list_(pa.string())),
+                           images=[r[2] for r in self.rows])
+
+
+def test_records_carrying_their_bytes(tmp_path):
+    rng = np.random.default_rng(2)
+    rows = [(f"b{i}", ["dog"], photo_like(rng, 50, 40)) for i in range(5)] + [("junk", ["dog"], b"junk")]
+    Vocabulary([Label(0, "dog", 5)]).save(tmp_path / "vocab.json")
+    result = build_shards(_ListReader(rows), BuildConfig(tmp_path / "out", tmp_path / "vocab.json",
+                                                         val_fraction=0.0))
+    assert result.info["num_samples"]["train"] == 5
+    assert result.info["skipped"]["counts"] == {"unsupported_format": 1}
+    assert result.info["label_counts"] == [5]
+
+
+@pytest.mark.parametrize("layout", ["mirror", "flat"])
+def test_real_yfcc_rows_join_the_real_photo(shared_data, tmp_path, layout):
+    sample = shared_data / "yfcc100m_sample"
+    photo = (sample / "588715640_40971fc6fa.jpg").read_bytes()
+    url = "http://farm2.staticflickr.com/1373/588715640_40971fc6fa.jpg"  # row 910's download url
+    if layout == "mirror":
+        digest = url_md5(url)
+        target = tmp_path / "images" / "data" / "images" / digest[:3] / digest[3:6] / f"{digest}.jpg"
+    else:
+        target = tmp_path / "images" / "588715640_40971fc6fa.jpg"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(photo)
+    Vocabulary([Label(0, "london", 16), Label(1, "tate", 2)]).save(tmp_path / "vocab.json")
+    reader = open_corpus("yfcc100m", sample / "yfcc100m_dataset_25col_head2000.tsv")
+    config = BuildConfig(tmp_path / "out", tmp_path / "vocab.json", str(tmp_path / "images"), val_fraction=0.0)
+    info = build_shards(reader, config).info
+    assert info["images"]["layout"] == ("yfcc100m-mirror" if layout == "mirror" else "flat-directory")
+    assert info["num_samples"]["train"] == 1 and info["label_counts"] == [1, 1]
+    report = json.loads((config.out / "report.json").read_text())
+    # Rows tagged london or tate whose photos are not in the folder: counted, not fatal.
+    assert set(report["skipped"]["counts"]) == {"no_label", "missing_image"}
+    assert report["skipped"]["counts"]["missing_image"] >= 1
+    (sample_bytes,) = [s for s in read_webdataset(config.out, "train", info)]
+    meta = json.loads(sample_bytes["json"])
+    assert meta["source_key"] == meta["key"] == "588715640"
+    assert meta["tags"] == ["britain", "flickr", "london", "meetup", "tate"] and meta["labels"] == [0, 1]
+    assert meta["download_url"] == url and meta["license_name"]
+    assert report["records_read"] == sum(report["skipped"]["counts"].values()) + 1
