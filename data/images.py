@@ -131,26 +131,30 @@ def decode(data: bytes, settings: ImageSettings = ImageSettings()) -> tuple[Imag
             return _decode_resized(data, settings)
     except ImageSkip:
         raise
-    except Image.DecompressionBombError as err:
-        raise ImageSkip("too_many_pixels", str(err)) from None
-    except Image.UnidentifiedImageError:
+    except Exception as err:  # noqa: BLE001 - see the comment at the top of the try block
+        raise skip_for(err, data) from None
+
+
+def skip_for(err: Exception, data: bytes) -> ImageSkip:
+    """The named skip for an exception raised while opening or decoding ``data``."""
+    if isinstance(err, Image.DecompressionBombError):
+        return ImageSkip("too_many_pixels", str(err))
+    if isinstance(err, Image.UnidentifiedImageError):
         claimed = claimed_format(data)
         if claimed is not None:
-            raise ImageSkip("corrupt", f"starts like {claimed} but {claimed} cannot read it") from None
-        raise ImageSkip("unsupported_format", f"not one of {', '.join(FORMATS)}") from None
-    except OSError as err:
-        reason = "truncated" if "truncated" in str(err) else "corrupt"
-        raise ImageSkip(reason, f"{type(err).__name__}: {err}") from None
-    except MemoryError:
-        raise ImageSkip("too_many_pixels", "out of memory while decoding") from None
-    except Exception as err:  # noqa: BLE001 - see the comment at the top of the try block
-        raise ImageSkip("corrupt", f"{type(err).__name__}: {err}") from None
+            return ImageSkip("corrupt", f"starts like {claimed} but {claimed} cannot read it")
+        return ImageSkip("unsupported_format", f"not one of {', '.join(FORMATS)}")
+    if isinstance(err, MemoryError):
+        return ImageSkip("too_many_pixels", "out of memory while decoding")
+    if isinstance(err, OSError) and "truncated" in str(err).lower():  # "Truncated File Read" too
+        return ImageSkip("truncated", f"{type(err).__name__}: {err}")
+    return ImageSkip("corrupt", f"{type(err).__name__}: {err}")
 
 
 def _decode_resized(data: bytes, settings: ImageSettings) -> tuple[Image.Image, tuple[int, int]]:
     image = Image.open(io.BytesIO(data), formats=FORMATS)
     size = image.size
-    _check_pixels(size, settings.max_pixels)
+    check_pixels(*size, settings.max_pixels)
     orientation = _orientation(image)
     target = target_size(size, settings.short_side)
     if image.format in ("JPEG", "MPO") and target != size:
@@ -176,8 +180,8 @@ def claimed_format(data: bytes) -> str | None:
     return None
 
 
-def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
-    width, height = size
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image by its header size before any pixel is decoded."""
     if width <= 0 or height <= 0:
         raise ImageSkip("corrupt", f"empty image {width}x{height}")
     if width * height > max_pixels:

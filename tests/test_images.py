@@ -139,7 +139,8 @@ EXPECTED = {
     "sharp_fixtures/big-height.webp": OK,
     "sharp_fixtures/centered_image.jpeg": OK,
     "sharp_fixtures/concert.jpg": OK,
-    "sharp_fixtures/corrupt-header.jpg": CORRUPT,
+    # 1 KiB cut from a file with a broken header: Pillow runs out of bytes ("Truncated File Read").
+    "sharp_fixtures/corrupt-header.jpg": TRUNCATED,
     "sharp_fixtures/full-transparent.png": OK,
     "sharp_fixtures/gain-map.jpg": OK,
     "sharp_fixtures/gamma_dalai_lama_gray.jpg": OK,

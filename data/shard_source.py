@@ -1,0 +1,120 @@
+"""Where a stream's shards come from: a shard directory, a brace pattern, or any webdataset URL.
+
+A *shard directory* (written by data/shards.py) carries ``info.json`` with the per-shard sample
+counts and the per-label counts over the train shards; the loader uses them to size epochs and to
+set up hashtag resampling. A brace pattern (``/data/train-{000000..000099}.tar``) or a URL that
+webdataset's ``gopen`` opens (``pipe:aws s3 cp s3://bucket/train-000000.tar -``, ``https://...``)
+names the shards directly; several can be joined with ``::``. Without info.json the sample counts
+are unknown, so a training run must state its epoch size in images.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from webdataset.shardlists import expand_urls
+
+from data.errors import UserError
+
+INFO_FILE = "info.json"
+SPLITS = ("train", "val")
+# Schemes gopen understands; anything else is a local path and must exist.
+_REMOTE_PREFIXES = ("pipe:", "http://", "https://", "gs://", "s3://", "ais://", "hf://", "file:")
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """The shard URLs of one split, with what info.json knows about them (or None)."""
+
+    urls: tuple[str, ...]
+    description: str
+    samples_per_shard: tuple[int, ...] | None = None
+    label_counts: tuple[int, ...] | None = None
+    info: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def num_samples(self) -> int | None:
+        return None if self.samples_per_shard is None else sum(self.samples_per_shard)
+
+    @property
+    def num_labels(self) -> int | None:
+        if self.label_counts is not None:
+            return len(self.label_counts)
+        vocab = self.info.get("vocab", {})
+        return vocab.get("num_labels") if isinstance(vocab, dict) else None
+
+
+def resolve_shards(source: str | Path | Sequence[str], split: str = "train") -> ShardSource:
+    """The shards of ``split`` named by ``source``: a directory, a pattern, a URL or a URL list."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if isinstance(source, (list, tuple)):
+        return _from_urls([str(u) for u in source], f"{len(source)} listed shards")
+    text = str(source)
+    if not _is_remote(text) and Path(text).is_dir():
+        return _from_directory(Path(text), split)
+    return _from_urls(expand_urls(text), text)
+
+
+def _is_remote(url: str) -> bool:
+    return url.startswith(_REMOTE_PREFIXES)
+
+
+def _from_urls(urls: list[str], description: str) -> ShardSource:
+    if not urls:
+        raise UserError(f"shard source {description!r} names no shards; give a shard directory, "
+                        "a brace pattern such as train-{000000..000009}.tar, or a URL")
+    missing = [u for u in urls if not _is_remote(u) and not Path(u).is_file()]
+    if missing:
+        raise UserError(f"shard {missing[0]} does not exist ({len(missing)} of {len(urls)} shards "
+                        f"of {description!r} missing); check the path or the brace pattern")
+    return ShardSource(tuple(urls), description)
+
+
+def _from_directory(directory: Path, split: str) -> ShardSource:
+    info_path = directory / INFO_FILE
+    if not info_path.is_file():
+        urls = sorted(str(p) for p in directory.glob(f"{split}-*.tar"))
+        if not urls:
+            raise UserError(f"{directory} has no {INFO_FILE} and no {split}-*.tar shards; build it "
+                            "with scripts/build_shards.py or pass a brace pattern")
+        return ShardSource(tuple(urls), f"{directory} ({split}, no {INFO_FILE})")
+    info = _read_info(info_path)
+    entries = _shard_entries(info, info_path, split)
+    if not entries:
+        raise UserError(f"{info_path} lists no {split} shards; rebuild the shards or use "
+                        f"split='{'val' if split == 'train' else 'train'}'")
+    urls = tuple(str(directory / name) for name, _ in entries)
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise UserError(f"{missing[0]} is listed in {info_path} but missing; rebuild or finalize "
+                        "the shard directory with scripts/build_shards.py")
+    counts = info.get("label_counts") if split == "train" else info.get("val_label_counts")
+    return ShardSource(urls, f"{directory} ({split})", tuple(n for _, n in entries),
+                       tuple(int(c) for c in counts) if isinstance(counts, list) else None, info)
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}; rebuild it with scripts/build_shards.py "
+                        "--finalize") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{path} is not a JSON object; rebuild it with scripts/build_shards.py --finalize")
+    return info
+
+
+def _shard_entries(info: dict[str, Any], path: Path, split: str) -> list[tuple[str, int]]:
+    shards = info.get("shards")
+    listed = shards.get(split, []) if isinstance(shards, dict) else None
+    if not isinstance(listed, list):
+        raise UserError(f"{path} has no 'shards' object with a {split!r} list; it was not written "
+                        "by scripts/build_shards.py — rebuild it")
+    try:
+        return [(str(entry["name"]), int(entry["samples"])) for entry in listed]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: every entry of shards.{split} needs 'name' and 'samples'; "
+                        "rebuild it with scripts/build_shards.py --finalize") from None

@@ -1,0 +1,228 @@
+"""Benchmark: the streaming loader vs torchvision's classic ImageFolder pipeline, same run, same workers.
+
+Input: the real photos of ../shared/data/imagenet_samples (250) and hymenoptera (398, train and
+val), replicated to --images inputs (a JPEG comment makes each replica's bytes differ, so the shard
+builder's exact-duplicate removal keeps them; pixels, hence decoding work, stay the same). Without
+those folders, synthetic 500x375 photos are used. The shards are built with data/shards.py
+(short side 288, JPEG quality 90), outside the timed region.
+
+Timed over every input once per round after a warm-up batch (worker start-up excluded), best of
+--repeats rounds with the pipelines interleaved (the machine may be shared), with
+--workers DataLoader workers and batches of --batch-size, 224 px output:
+
+- ours: ``create_loader(shards)`` in train mode: resampled shards, shuffle buffer on raw bytes,
+  RandomResizedCrop + flip chosen from the header (reduced-scale decode when the box allows),
+  uint8 batches.
+- classic (the ratio's baseline): ``ImageFolder`` over the *original* photos + ``Compose([
+  RandomResizedCrop(224), RandomHorizontalFlip(), ToTensor(), Normalize(...)])`` + ``DataLoader``
+  (shuffle): what a user without shards runs.
+- classic_same_bytes: the same classic pipeline over the shards' own 288 px JPEGs extracted to a
+  folder, which isolates the pipeline from the smaller stored images (reported, not the ratio).
+- bare decode: one process, ``Image.open(...).convert("RGB")`` of the shards' JPEG bytes already in
+  memory; ``decode_fraction`` = ours per worker / this rate per core (how close the pipeline's
+  per-worker throughput comes to doing nothing but decode the bytes it reads). On a shared
+  machine the workers may not get a core each, so ``cpu_decode_fraction`` gives the same ratio
+  in CPU time (bare decode CPU ms per image / ours' workers' CPU ms per image, from /proc).
+
+The last line is {"bench": "loader", "ours": img/s, "baseline": classic img/s, "unit": "img/s",
+"ratio": ours/classic, "decode_fraction": ..., ...}.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import datasets, transforms
+
+from data.corpus.table import TableReader
+from data.errors import cli_main
+from data.images import DEFAULT_SHORT_SIDE
+from data.loader import LoaderConfig, create_loader
+from data.shards import BuildConfig, build_shards
+from data.vocab import Label, Vocabulary
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def real_photos(shared: Path) -> list[tuple[str, str, bytes]]:
+    """(class, name, bytes) of the real photos; synthetic ones when the folders are absent."""
+    photos = [("imagenet", p.stem, p.read_bytes()) for p in sorted((shared / "imagenet_samples").glob("*.JPEG"))]
+    hymenoptera = shared / "hymenoptera" / "hymenoptera_data"
+    photos += [(p.parent.name, f"{p.parent.parent.name}_{p.stem}".replace(" ", "_"), p.read_bytes())
+               for p in sorted(hymenoptera.glob("*/*/*")) if p.is_file()]
+    if photos:
+        return photos
+    print(f"{shared} has no photos: using 250 synthetic 500x375 photos", flush=True)
+    rng = np.random.default_rng(0)
+    synthetic = []
+    for i in range(250):
+        base = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
+        pixels = np.clip(np.asarray(base, dtype=np.float64) + rng.normal(0, 12, (375, 500, 3)), 0, 255)
+        out = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(out, "JPEG", quality=90)
+        synthetic.append(("synthetic", f"s{i:03d}", out.getvalue()))
+    return synthetic
+
+
+def distinct_copy(data: bytes, replica: int) -> bytes:
+    """A JPEG with a comment segment after SOI (other bytes, same pixels); other formats as is."""
+    if not data.startswith(b"\xff\xd8"):
+        return data
+    text = f"replica {replica}".encode()
+    return data[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + data[2:]
+
+
+def make_inputs(root: Path, photos: list[tuple[str, str, bytes]], total: int) -> tuple[Path, Path]:
+    """An ImageFolder of ``total`` originals (also the shard builder's image folder), a JSONL table
+    and a vocab.json with one label per class."""
+    folder = root / "originals"
+    classes = sorted({c for c, _, _ in photos})
+    with open(root / "table.jsonl", "w", encoding="utf-8") as table:
+        for i in range(total):
+            cls, name, data = photos[i % len(photos)]
+            replica = i // len(photos)
+            relative = f"{cls}/r{replica}_{name}.jpg"
+            (folder / cls).mkdir(parents=True, exist_ok=True)
+            (folder / relative).write_bytes(distinct_copy(data, replica))
+            table.write(json.dumps({"key": f"r{replica}_{name}", "tags": [cls],
+                                    "image": f"originals/{relative}"}) + "\n")
+    Vocabulary([Label(i, c, 1) for i, c in enumerate(classes)]).save(root / "vocab.json")
+    return folder, root / "table.jsonl"
+
+
+def extract_shard_jpegs(shards: Path, folder: Path) -> list[bytes]:
+    """The shards' JPEGs, written as a one-class ImageFolder and returned."""
+    (folder / "all").mkdir(parents=True)
+    jpegs = []
+    for tar_path in sorted(shards.glob("train-*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar:
+                if member.name.endswith(".jpg"):
+                    data = tar.extractfile(member).read()
+                    (folder / "all" / member.name).write_bytes(data)
+                    jpegs.append(data)
+    return jpegs
+
+
+def timed_images(batches: Iterable, images_of) -> tuple[float, int]:
+    """Images per second after the first batch (worker start-up and buffer fill excluded)."""
+    iterator = iter(batches)
+    next(iterator)
+    start, count = time.perf_counter(), 0
+    for batch in iterator:
+        count += images_of(batch)
+    return count / (time.perf_counter() - start), count
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_cpu_per_image(loader, images: int) -> tuple[float, int]:
+    """One epoch of ``loader``; returns (CPU seconds its workers spent per image, images). CPU time,
+    unlike wall time, does not depend on what else runs on a shared machine."""
+    iterator = iter(loader.dataloader)
+    # The persistent workers' processes: a private attribute of torch's iterator, read-only here.
+    pids = [w.pid for w in iterator._workers]
+    before = sum(process_cpu_seconds(pid) for pid in pids)
+    count = sum(batch["image"].shape[0] for batch in iterator)
+    return (sum(process_cpu_seconds(pid) for pid in pids) - before) / count, count
+
+
+def ours_loader(shards: Path, images: int, workers: int, batch_size: int):
+    return create_loader(shards, LoaderConfig(batch_size=batch_size, num_workers=workers, epoch_images=images))
+
+
+def classic_loader(folder: Path, workers: int, batch_size: int) -> torch.utils.data.DataLoader:
+    transform = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                    transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    dataset = datasets.ImageFolder(str(folder), transform=transform)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+
+
+def best_rates(measures: dict[str, Callable[[], tuple[float, int]]], repeats: int) -> dict[str, float]:
+    """Each measure's best rate over ``repeats`` rounds, the measures interleaved in each round so
+    that load from other processes on the machine hits all of them alike."""
+    best = dict.fromkeys(measures, 0.0)
+    for round_ in range(repeats):
+        for name, measure in measures.items():
+            rate, count = measure()
+            best[name] = max(best[name], rate)
+            print(f"round {round_ + 1}: {name}: {rate:.1f} img/s over {count} images "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+    return best
+
+
+def bare_decode(jpegs: list[bytes]) -> tuple[float, float]:
+    """(images per wall second, CPU seconds per image) of a plain decode loop."""
+    start, cpu = time.perf_counter(), time.process_time()
+    for data in jpegs:
+        Image.open(io.BytesIO(data)).convert("RGB")
+    return len(jpegs) / (time.perf_counter() - start), (time.process_time() - cpu) / len(jpegs)
+
+
+@cli_main
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=2400, help="inputs (replicas of the real photos)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, both pipelines")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds; each pipeline's best is kept")
+    parser.add_argument("--shared-data", type=Path, default=SHARED)
+    args = parser.parse_args()
+    photos = real_photos(args.shared_data)
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        root = Path(tmp)
+        originals, table = make_inputs(root, photos, args.images)
+        print(f"{args.images} inputs from {len(photos)} photos; building shards (short side "
+              f"{DEFAULT_SHORT_SIDE}) ...", flush=True)
+        build_shards(TableReader(table), BuildConfig(root / "shards", root / "vocab.json", str(originals),
+                                                     shard_size=250, val_fraction=0.0, workers=args.workers))
+        jpegs = extract_shard_jpegs(root / "shards", root / "same_bytes")
+        ours_images = ours_loader(root / "shards", len(jpegs), args.workers, args.batch_size)
+        classic = classic_loader(originals, args.workers, args.batch_size)
+        same = classic_loader(root / "same_bytes", args.workers, args.batch_size)
+        rates = best_rates({
+            "bare decode (1 process, PIL, the shards' JPEG bytes in memory)":
+                lambda: (bare_decode(jpegs[:1000])[0], 1000),
+            "ours (shards)": lambda: timed_images(ours_images, lambda b: b["image"].shape[0]),
+            "classic (original photos)": lambda: timed_images(classic, lambda b: b[0].shape[0]),
+            f"classic_same_bytes (the shards' {DEFAULT_SHORT_SIDE} px JPEGs)":
+                lambda: timed_images(same, lambda b: b[0].shape[0]),
+        }, args.repeats)
+        bare, ours, classic, same = rates.values()
+        bare_cpu = min(bare_decode(jpegs[:1000])[1] for _ in range(args.repeats))
+        ours_images.set_epoch(args.repeats)
+        ours_cpu, _ = worker_cpu_per_image(ours_images, len(jpegs))
+        print(f"CPU time per image: bare decode {bare_cpu * 1e3:.2f} ms, ours per worker "
+              f"{ours_cpu * 1e3:.2f} ms", flush=True)
+        print(f"ours skipped: {ours_images.skip_counts()}", flush=True)
+    result = {"bench": "loader", "ours": round(ours, 1), "baseline": round(classic, 1), "unit": "img/s",
+              "ratio": round(ours / classic, 3), "decode_fraction": round(ours / args.workers / bare, 3),
+              "baseline_reads": "original photos", "ours_reads": f"shards, short side {DEFAULT_SHORT_SIDE}",
+              "classic_same_bytes": round(same, 1), "ratio_same_bytes": round(ours / same, 3),
+              "bare_decode_per_core": round(bare, 1),
+              "cpu_decode_fraction": round(bare_cpu / ours_cpu, 3),
+              "cpu_ms_per_image": {"bare_decode": round(bare_cpu * 1e3, 3), "ours_worker": round(ours_cpu * 1e3, 3)}, "images": len(jpegs), "workers": args.workers,
+              "batch_size": args.batch_size, "repeats": args.repeats, "cpus": os.cpu_count(),
+              "load_average_1min": round(os.getloadavg()[0], 2)}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
