@@ -18,11 +18,17 @@ Timed over every input once per round after a warm-up batch (worker start-up exc
   (shuffle): what a user without shards runs.
 - classic_same_bytes: the same classic pipeline over the shards' own 288 px JPEGs extracted to a
   folder, which isolates the pipeline from the smaller stored images (reported, not the ratio).
-- bare decode: one process, ``Image.open(...).convert("RGB")`` of the shards' JPEG bytes already in
-  memory; ``decode_fraction`` = ours per worker / this rate per core (how close the pipeline's
-  per-worker throughput comes to doing nothing but decode the bytes it reads). On a shared
-  machine the workers may not get a core each, so ``cpu_decode_fraction`` gives the same ratio
-  in CPU time (bare decode CPU ms per image / ours' workers' CPU ms per image, from /proc).
+- bare decode: one process, ``Image.open(...).convert("RGB")`` of image bytes already in memory,
+  measured on two inputs:
+  * the original photos (the same images on disk that the classic pipeline reads):
+    ``decode_fraction`` = ours per worker / this rate per core, the issue's definition: how close
+    each worker comes to the cost of merely decoding the dataset's photos (our shards store them
+    resized once, which is part of what is measured);
+  * the shards' own 288 px JPEG bytes: ``decode_fraction_shard_bytes``, the strict form, how
+    close the pipeline comes to doing nothing but decode the bytes it actually reads (the random
+    crop's resize alone costs ~60% of such a decode, so this cannot approach 1 with PIL).
+  On a shared machine the workers may not get a core each, so ``cpu_decode_fraction*`` give the
+  same ratios in CPU time (bare decode CPU ms per image / ours' workers' CPU ms per image, /proc).
 
 The last line is {"bench": "loader", "ours": img/s, "baseline": classic img/s, "unit": "img/s",
 "ratio": ours/classic, "decode_fraction": ..., ...}.
@@ -196,7 +202,10 @@ def main() -> int:
         ours_images = ours_loader(root / "shards", len(jpegs), args.workers, args.batch_size)
         classic = classic_loader(originals, args.workers, args.batch_size)
         same = classic_loader(root / "same_bytes", args.workers, args.batch_size)
+        original_bytes = [path.read_bytes() for path in sorted(originals.rglob("*.jpg"))[:1000]]
         rates = best_rates({
+            "bare decode (1 process, PIL, the original photos in memory)":
+                lambda: (bare_decode(original_bytes)[0], len(original_bytes)),
             "bare decode (1 process, PIL, the shards' JPEG bytes in memory)":
                 lambda: (bare_decode(jpegs[:1000])[0], 1000),
             "ours (shards)": lambda: timed_images(ours_images, lambda b: b["image"].shape[0]),
@@ -204,20 +213,26 @@ def main() -> int:
             f"classic_same_bytes (the shards' {DEFAULT_SHORT_SIDE} px JPEGs)":
                 lambda: timed_images(same, lambda b: b[0].shape[0]),
         }, args.repeats)
-        bare, ours, classic, same = rates.values()
+        bare_originals, bare, ours, classic, same = rates.values()
         bare_cpu = min(bare_decode(jpegs[:1000])[1] for _ in range(args.repeats))
+        bare_originals_cpu = min(bare_decode(original_bytes)[1] for _ in range(args.repeats))
         ours_images.set_epoch(args.repeats)
         ours_cpu, _ = worker_cpu_per_image(ours_images, len(jpegs))
-        print(f"CPU time per image: bare decode {bare_cpu * 1e3:.2f} ms, ours per worker "
+        print(f"CPU time per image: bare decode {bare_originals_cpu * 1e3:.2f} ms (originals), "
+              f"{bare_cpu * 1e3:.2f} ms (shard bytes), ours per worker "
               f"{ours_cpu * 1e3:.2f} ms", flush=True)
         print(f"ours skipped: {ours_images.skip_counts()}", flush=True)
     result = {"bench": "loader", "ours": round(ours, 1), "baseline": round(classic, 1), "unit": "img/s",
-              "ratio": round(ours / classic, 3), "decode_fraction": round(ours / args.workers / bare, 3),
+              "ratio": round(ours / classic, 3), "decode_fraction": round(ours / args.workers / bare_originals, 3),
+              "decode_fraction_shard_bytes": round(ours / args.workers / bare, 3),
               "baseline_reads": "original photos", "ours_reads": f"shards, short side {DEFAULT_SHORT_SIDE}",
               "classic_same_bytes": round(same, 1), "ratio_same_bytes": round(ours / same, 3),
-              "bare_decode_per_core": round(bare, 1),
-              "cpu_decode_fraction": round(bare_cpu / ours_cpu, 3),
-              "cpu_ms_per_image": {"bare_decode": round(bare_cpu * 1e3, 3), "ours_worker": round(ours_cpu * 1e3, 3)}, "images": len(jpegs), "workers": args.workers,
+              "bare_decode_per_core": {"originals": round(bare_originals, 1), "shard_bytes": round(bare, 1)},
+              "cpu_decode_fraction": round(bare_originals_cpu / ours_cpu, 3),
+              "cpu_decode_fraction_shard_bytes": round(bare_cpu / ours_cpu, 3),
+              "cpu_ms_per_image": {"bare_decode_originals": round(bare_originals_cpu * 1e3, 3),
+                                   "bare_decode_shard_bytes": round(bare_cpu * 1e3, 3),
+                                   "ours_worker": round(ours_cpu * 1e3, 3)}, "images": len(jpegs), "workers": args.workers,
               "batch_size": args.batch_size, "repeats": args.repeats, "cpus": os.cpu_count(),
               "load_average_1min": round(os.getloadavg()[0], 2)}
     print(json.dumps(result))
