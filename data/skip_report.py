@@ -15,9 +15,9 @@ from typing import Any
 class SkipReport:
     max_examples: int = 20
     counts: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
+    examples: dict[str, list[str | int]] = field(default_factory=dict)
 
-    def add(self, reason: str, key: str) -> None:
+    def add(self, reason: str, key: str | int) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
         listed = self.examples.setdefault(reason, [])
         if len(listed) < self.max_examples:

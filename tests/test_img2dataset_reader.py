@@ -123,9 +123,9 @@ def test_malformed_samples_are_counted_by_reason_with_member_index(shards: Path)
     assert reasons(report) == Counter({"invalid JSON": 1, "no image": 1, "no tags field": 1, "no JSON": 1,
                                        "tags are not a list of strings or a delimited string": 1,
                                        "status 'failed_to_download'": 1, "truncated or corrupt tar": 1})
-    assert report.lines["invalid JSON (00000.tar)"] == [5]          # 000000002.jpg is member 5
-    assert report.lines["status 'failed_to_download' (00000.parquet)"] == [3]
-    assert report.lines["truncated or corrupt tar (00001.tar)"] == [2]
+    assert report.examples["invalid JSON (00000.tar)"] == [5]          # 000000002.jpg is member 5
+    assert report.examples["status 'failed_to_download' (00000.parquet)"] == [3]
+    assert report.examples["truncated or corrupt tar (00001.tar)"] == [2]
 
 
 def test_tags_only_reads_the_sidecar_and_agrees_with_the_tar(shards: Path):

@@ -82,7 +82,7 @@ def test_jsonl_rows_and_malformed_lines(tmp_path: Path):
     assert report.counts == {"invalid JSON": 1, "JSON line is not an object": 1, "missing key": 1,
                              "tags are not a list of strings or a delimited string": 1,
                              "image is not a string": 1}
-    assert report.lines == {"invalid JSON": [5], "JSON line is not an object": [6], "missing key": [7],
+    assert report.examples == {"invalid JSON": [5], "JSON line is not an object": [6], "missing key": [7],
                             "tags are not a list of strings or a delimited string": [8],
                             "image is not a string": [9]}
     records = list(reader.records())
@@ -103,7 +103,7 @@ def test_jsonl_null_key_line_number_with_blank_lines_in_the_columnar_path(tmp_pa
     path = write_jsonl(tmp_path / "t.jsonl", ['{"key": "a", "tags": ["x"]}', "", "",
                                               '{"key": null, "tags": ["y"]}'])
     rows, report = read_all(TableReader(path))
-    assert rows == [("a", ["x"])] and report.lines == {"missing key": [4]}
+    assert rows == [("a", ["x"])] and report.examples == {"missing key": [4]}
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.bz2"])
@@ -115,18 +115,18 @@ def test_jsonl_blocks_and_compression(tmp_path: Path, suffix: str):
     assert len(chunks) > 10 and chunks[0].first_line == 1
     rows, report = read_all(reader)
     assert len(rows) == 2999 and rows[1234] == ("k1235", ["t3", "common"])
-    assert report.lines == {"invalid JSON": [1235]}
+    assert report.examples == {"invalid JSON": [1235]}
 
 
 def test_invalid_utf8_lines_are_counted(tmp_path: Path):
     path = tmp_path / "t.jsonl"
     path.write_bytes(b'{"key": "a", "tags": ["x"]}\n{"key": "b", "tags": ["\xff"]}\n{"key": "c", "tags": []}\n')
     rows, report = read_all(TableReader(path))
-    assert [k for k, _ in rows] == ["a", "c"] and report.lines == {"invalid UTF-8": [2]}
+    assert [k for k, _ in rows] == ["a", "c"] and report.examples == {"invalid UTF-8": [2]}
     path = tmp_path / "t.csv"
     path.write_bytes(b"key,tags\na,x\nb,\xfe\xff\nc,y\n")
     rows, report = read_all(TableReader(path))
-    assert rows == [("a", ["x"]), ("c", ["y"])] and report.lines == {"invalid UTF-8": [3]}
+    assert rows == [("a", ["x"]), ("c", ["y"])] and report.examples == {"invalid UTF-8": [3]}
 
 
 # ------------------------------------------------------------------------------ CSV / TSV
@@ -143,7 +143,7 @@ def test_csv_delimited_tags_field_counts_and_line_numbers(tmp_path: Path):
     reader = TableReader(path, key_field="id", tags_field="labels", image_field="file")
     rows, report = read_all(reader)
     assert rows == [("p1", ["dog", "beach"]), ("p2", []), ("p5", ['quoted "tag"', "x"])]
-    assert report.lines == {"wrong number of fields": [4, 7], "missing key": [5]}
+    assert report.examples == {"wrong number of fields": [4, 7], "missing key": [5]}
     assert next(reader.records()).image == tmp_path / "p1.jpg"
     tags_only = reader.read_chunk(next(reader.chunks()), tags_only=True)
     assert tags_only.meta is None and tags_only.images is None and len(tags_only) == 3
@@ -158,7 +158,7 @@ def test_csv_blocks_keep_line_numbers(tmp_path: Path):
     reader = TableReader(path, tags_delimiter=";", block_bytes=2048)
     assert len(list(reader.chunks())) > 5
     rows, report = read_all(reader)
-    assert len(rows) == 1999 and report.lines == {"wrong number of fields": [1501]}
+    assert len(rows) == 1999 and report.examples == {"wrong number of fields": [1501]}
     assert rows[1500] == ("k1501", ["t1", "u"])
 
 
@@ -193,7 +193,7 @@ def test_parquet_row_groups_list_tags_and_row_numbers(tmp_path: Path):
     reader = TableReader(tmp_path / "t.parquet")
     assert len(list(reader.chunks())) == 8
     rows, report = read_all(reader)
-    assert len(rows) == n - 1 and rows[0] == ("k0", ["t0"]) and report.lines == {"missing key": [778]}
+    assert len(rows) == n - 1 and rows[0] == ("k0", ["t0"]) and report.examples == {"missing key": [778]}
     fast, _ = read_all(reader, tags_only=True)
     assert fast == rows
     record = list(reader.records())[5]
@@ -260,4 +260,4 @@ def test_damaged_parquet_row_group_costs_only_its_rows(tmp_path: Path):
     data[start:start + 40] = b"\xff" * 40         # garble the second row group's key pages
     path.write_bytes(bytes(data))
     rows, report = read_all(reader)
-    assert len(rows) == 200 and report.lines == {"unreadable Parquet row group": [101]}
+    assert len(rows) == 200 and report.examples == {"unreadable Parquet row group": [101]}

@@ -68,7 +68,7 @@ def test_exact_counts(corpus, workers):
     assert result.images_with_tags == images - per_image[0]
     assert result.skipped == {"video": 31}
     assert result.malformed.counts == {"wrong column count": 6}
-    assert result.malformed.lines["wrong column count"] == [2, 504, 1006, 1508, 2010, 2512]
+    assert result.malformed.examples["wrong column count"] == [2, 504, 1006, 1508, 2010, 2512]
     assert result.rows == 3006
 
 

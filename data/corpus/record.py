@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator, Union
 
 import pyarrow as pa
 
+from data.skip_report import SkipReport
+
 
 @dataclass(frozen=True)
 class TarMember:
@@ -101,28 +103,12 @@ class CorpusReader(abc.ABC):
 
 
 @dataclass
-class MalformedReport:
-    """Counts of skipped rows by reason, with the first ``max_listed`` line numbers of each."""
+class MalformedReport(SkipReport):
+    """Malformed rows by reason; the examples are their line (or row) numbers, the first 1,000."""
 
-    max_listed: int = 1000
-    counts: dict[str, int] = field(default_factory=dict)
-    lines: dict[str, list[int]] = field(default_factory=dict)
-
-    def add(self, line: int, reason: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        listed = self.lines.setdefault(reason, [])
-        if len(listed) < self.max_listed:
-            listed.append(line)
+    max_examples: int = 1000
 
     def extend(self, rows: list[tuple[int, str]]) -> None:
+        """Add a chunk's ``RecordBatch.malformed`` list, in order."""
         for line, reason in rows:
-            self.add(line, reason)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "counts": dict(sorted(self.counts.items())),
-                "lines": {k: sorted(v) for k, v in sorted(self.lines.items())},
-                "max_listed_per_reason": self.max_listed}
+            self.add(reason, line)
