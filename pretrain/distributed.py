@@ -116,8 +116,26 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
     if not dist.is_initialized():
         # device_id binds NCCL communicators to this GPU up front (no lazy init on a wrong device).
         kwargs = {"device_id": device} if chosen == "nccl" else {}
-        dist.init_process_group(chosen, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = _restart_store(env, timeout)
+        if store is not None:
+            kwargs.update(store=store, rank=env.rank, world_size=env.world_size)
+        dist.init_process_group(chosen, timeout=timeout, **kwargs)
     return DistInfo(env.rank, env.local_rank, env.world_size, device, env.rank == 0, chosen)
+
+
+def _restart_store(env: LaunchEnv, timeout: datetime.timedelta) -> dist.Store | None:
+    """After a ``torchrun --max-restarts`` restart, a store prefixed by this attempt's number.
+
+    torchrun shares its rendezvous TCPStore with the workers, and a restarted group finds the
+    previous attempt's keys there: gloo then waits for peers at dead addresses for the whole timeout
+    (pytorch/pytorch#135712). A per-attempt prefix gives every attempt a clean namespace.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    return dist.PrefixStore(f"openwsl/attempt-{attempt}", dist.TCPStore(
+        env.master_addr, env.master_port, env.world_size, is_master=False, timeout=timeout))
 
 
 def is_main_process() -> bool:

@@ -1,0 +1,57 @@
+"""The hashtag distribution training actually saw, against the natural one of the shards.
+
+The loader counts, per label, the images carrying it that it delivered (after resampling); the
+shards' info.json holds the natural per-label counts. Plotted by natural rank (log-log), the
+realised shares should lie on the resampling target p_h ∝ n_h^q (for images with one hashtag
+exactly; an image with several carries its other hashtags along, which bends the tail up a little).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from data.atomic_write import write_bytes
+from data.sampling import label_distribution, total_variation
+
+
+def realised_vs_target(realised: Sequence[int], natural: Sequence[int], q: float | None) -> float:
+    """Total variation between the realised label shares and the target (the natural shares when
+    resampling is off)."""
+    return total_variation(realised, label_distribution(natural, 1.0 if q is None else q))
+
+
+def plot_label_distribution(realised: Sequence[int], natural: Sequence[int], q: float | None,
+                            path: str | Path) -> Path:
+    """A log-log PNG of label share against natural rank: natural, target (n^q) and realised."""
+    # Figure + Agg canvas rather than pyplot: no global backend, no figure registry.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    realised = np.asarray(realised, dtype=np.float64)
+    natural = np.asarray(natural, dtype=np.float64)
+    order = np.argsort(-natural, kind="stable")
+    used = order[natural[order] > 0]
+    ranks = np.arange(1, used.size + 1)
+    figure = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    axes.loglog(ranks, natural[used] / natural.sum(), label="natural (info.json)", color="0.5")
+    if q is not None:
+        axes.loglog(ranks, label_distribution(natural, q)[used], label=f"target p ∝ n^{q:g}", color="C1")
+    if realised.sum() > 0:
+        share = realised[used] / realised.sum()
+        shown = share > 0
+        axes.loglog(ranks[shown], share[shown], marker=".", linestyle="none", label="realised (sampled)",
+                    color="C0")
+    axes.set(xlabel="label rank (natural frequency)", ylabel="share of label occurrences",
+             title=f"sampled label distribution ({int(realised.sum()):,} label occurrences)")
+    axes.legend()
+    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    path = Path(path)
+    write_bytes(path, buffer.getvalue())
+    return path

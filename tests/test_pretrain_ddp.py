@@ -1,0 +1,127 @@
+"""`python -m pretrain` under a real 2-process torchrun (gloo, CPU) on tiny real shards: identical
+replicas after every step, everything a run writes, wandb offline, a rank killed with SIGKILL under
+--max-restarts, and one-line config errors."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pretrain.checkpoint import TRUNK_FILE, load_checkpoint, load_trunk
+from pretrain.tracking import read_metrics
+from tests.pretrain_runs import REPO, job_env, make_shards, torchrun, write_config
+from tests.test_tracking import _read_wandb_run
+
+TRAIN_KEYS = {"loss", "lr", "images", "epoch", "images_per_s", "data_wait", "grad_norm", "nonfinite_steps",
+              "memory/max_rss_mb", "skipped_total", "replica_checks"}
+EVAL_KEYS = {"eval/precision_at_1", "eval/recall_at_5", "eval/mAP", "eval/images"}
+
+
+def _assert_ok(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_two_rank_run_keeps_replicas_identical_and_writes_the_run_directory(tmp_path):
+    train, val = make_shards(tmp_path)
+    config = write_config(tmp_path / "run.yaml", train, val, tmp_path / "runs", "ddp",
+                          optim={"grad_accum": 2}, eval={"every_images": 48},
+                          tracking={"wandb": "offline", "log_every_steps": 2, "tags": ["test"]})
+    env = job_env(WANDB_DIR=str(tmp_path / "wandb-home"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"),
+                  WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"))
+    done = torchrun(["--config", str(config), "--check-replicas"], env, timeout=240)
+    _assert_ok(done)
+    run_dir = tmp_path / "runs" / "ddp"
+    rows = read_metrics(run_dir)
+    train_rows = [r for r in rows if "loss" in r]
+    # 96 images / (4 per rank x 2 ranks x 2 accumulated micro-batches) = 6 steps, logged every 2.
+    assert [r["step"] for r in train_rows] == [2, 4, 6]
+    assert [r["images"] for r in train_rows] == [32, 64, 96]
+    # Every step all-gathered a parameter checksum and found the ranks bit-identical.
+    assert train_rows[-1]["replica_checks"] == 6
+    for row in train_rows:
+        assert TRAIN_KEYS <= set(row), TRAIN_KEYS - set(row)
+        assert row["loss"] > 0 and row["grad_norm"] > 0 and row["images_per_s"] > 0 and 0 <= row["data_wait"] <= 1
+        assert row["nonfinite_steps"] == 0 and row["skipped_total"] == 0
+    # Peak 0.1 x 16 / 256, reached by the first step (warm-up: 16 images); halved at 16 + 80/3 and
+    # 16 + 2 x 80/3 images.
+    assert [r["lr"] for r in train_rows] == pytest.approx([0.00625, 0.003125, 0.0015625])
+    evals = [r for r in rows if "eval/mAP" in r]
+    assert [r["step"] for r in evals] == [3, 6]  # at 48 images and at the end
+    for row in evals:
+        assert EVAL_KEYS <= set(row) and row["eval/images"] == 16 and 0 < row["eval/mAP"] <= 1
+    assert any(r.get("plot/label_distribution") == "label_distribution.png" for r in rows)
+    assert (run_dir / "label_distribution.png").stat().st_size > 1000
+
+    state = load_checkpoint(run_dir / "checkpoint-latest.pt")
+    assert state["images_seen"] == 96 and state["step"] == 6
+    assert state["vocab_tags"] == [f"t{i}" for i in range(6)] and state["scaler"] is None
+    assert state["config"]["optim"]["grad_accum"] == 2
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*.pt")) == [
+        "checkpoint-64.pt", "checkpoint-96.pt", "checkpoint-latest.pt"]  # keep_last 2
+    trunk, metadata = load_trunk(run_dir / TRUNK_FILE)
+    assert not any(key.startswith("fc.") for key in trunk) and metadata["architecture"] == "resnext_tiny"
+    assert torch.equal(trunk["layer4.0.conv3.weight"], state["model"]["layer4.0.conv3.weight"])
+    assert (run_dir / "config.yaml").is_file()
+
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    logged = _read_wandb_run(next(wandb_run.glob("run-*.wandb")))
+    history_keys = set().union(*logged["history"])
+    assert TRAIN_KEYS | EVAL_KEYS <= history_keys, (TRAIN_KEYS | EVAL_KEYS) - history_keys
+    assert "plot/label_distribution/_type" in history_keys
+    assert logged["summary"]["images_seen"] == 96 and "label_distribution_tv" in logged["summary"]
+    assert logged["tags"] == ["test"] and logged["config"]["optim"]["grad_accum"] == 2
+    images_per_s = train_rows[-1]["images_per_s"]
+    print(f"2-process CPU run (resnext_tiny, 32 px, batch 4 x 2 ranks x 2 accum): {images_per_s:.1f} img/s")
+
+
+@pytest.mark.slow
+def test_a_rank_killed_under_max_restarts_resumes_and_reaches_the_budget(tmp_path):
+    train, _ = make_shards(tmp_path)
+    config = write_config(tmp_path / "run.yaml", train, None, tmp_path / "runs", "crash")
+    # Rank 1 SIGKILLs itself after 48 images (step 6); the last checkpoint is at 32 images.
+    done = torchrun(["--config", str(config), "--crash-rank", "1", "--crash-after-images", "48"], job_env(),
+                    timeout=240, launcher=("--max-restarts=1",))
+    _assert_ok(done)
+    assert "exitcode: -9" in done.stderr  # the kill really happened
+    assert "resumed from" in done.stdout + done.stderr
+    run_dir = tmp_path / "runs" / "crash"
+    state = load_checkpoint(run_dir / "checkpoint-latest.pt")
+    assert state["images_seen"] == 96 and state["step"] == 12
+    steps = [r["step"] for r in read_metrics(run_dir) if "loss" in r]
+    assert steps == [2, 4, 6, 8, 10, 12]  # rows the killed attempt logged past its checkpoint were replaced
+    assert (run_dir / TRUNK_FILE).is_file()
+
+
+def test_config_errors_are_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  train: shards/\noptim:\n  lerning_rate: 0.1\n")
+    done = subprocess.run([sys.executable, "-m", "pretrain", "--config", str(bad)], cwd=REPO, env=job_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {bad}: unknown key optim.lerning_rate (did you mean optim.base_lr?)"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.total_images=lots"], r"^error: override 'optim.total_images=lots': .*must be an integer"),
+    (["data.train=/nonexistent/shards"], r"^error: .*/nonexistent/shards.* does not exist"),
+    pytest.param(["precision.dtype=float16", "precision.autocast=true"],
+                 r"^error: precision.dtype=float16 needs a CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="float16 is valid with CUDA")),
+])
+def test_user_errors_from_main_are_one_line(tmp_path, capsys, overrides, message):
+    from pretrain.__main__ import main
+
+    train, _ = make_shards(tmp_path)
+    config = write_config(tmp_path / "run.yaml", train, None, tmp_path / "runs", "bad", data={"workers": 0})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config), *overrides])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert re.search(message, lines[0]), lines[0]
