@@ -1,0 +1,46 @@
+"""transfer/config.py: the recipes load, the docs carry the generated key reference, and mistakes
+are one line naming the key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data.errors import UserError
+from pretrain.config import all_keys, config_reference, load_config
+from transfer.config import TransferConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs" / "transfer").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_loads_and_states_its_purpose(recipe):
+    config = load_config(recipe, [], schema=TransferConfig)
+    assert config.data.val and config.run.name
+    assert recipe.read_text().startswith("#"), "a recipe opens with a comment: what it reproduces, the hardware"
+
+
+def test_wsl_eval_recipe_states_the_published_figure():
+    assert "82.2" in (REPO / "configs" / "transfer" / "wsl_32x8d_eval.yaml").read_text()
+
+
+def test_docs_carry_the_generated_key_reference():
+    docs = (REPO / "docs" / "transfer.md").read_text()
+    assert config_reference(TransferConfig) in docs, (
+        "docs/transfer.md is out of date: paste the output of `python -m transfer.config` into it")
+    assert all(f"`{key}`" in docs for key in all_keys(TransferConfig))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.resize_size=100", "data.resize_size must be >= data.image_size (224), got 100"),
+    ("finetune.warmup_epochs=40", "finetune.warmup_epochs must be smaller than finetune.epochs (30)"),
+    ("linear.weight_decays=[]", "linear.weight_decays must list at least one value"),
+    ("data.kind=folder", "data.kind must be one of auto, imagefolder, imagenet_val, wds"),
+    ("modle.name=x", "unknown key modle"),
+])
+def test_bad_values_are_one_line_errors_naming_the_key(override, message):
+    with pytest.raises(UserError) as err:
+        load_config(None, ["data.val=/x", override], schema=TransferConfig)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="data.val is required"):
+        load_config(None, [], schema=TransferConfig)
