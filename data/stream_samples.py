@@ -23,24 +23,27 @@ def labelled_samples(samples: Iterable[dict[str, Any]], num_labels: int | None,
     """``{"__key__", "__url__", "image": bytes, "labels": [int]}`` for each raw sample with an
     image and a json whose ``labels`` hold at least one id in ``0..num_labels-1``."""
     for raw in samples:
-        key = raw["__key__"]
-        where = f"{key} in {raw['__url__']}"
         image = next((raw[suffix] for suffix in IMAGE_SUFFIXES if suffix in raw), None)
         if image is None:
-            skips.add("missing_image", where)
+            skips.add("missing_image", _where(raw))
             continue
         if "json" not in raw:
-            skips.add("missing_json", where)
+            skips.add("missing_json", _where(raw))
             continue
         labels = parse_labels(raw["json"])
         if labels is None:
-            skips.add("invalid_json", where, "expected a JSON object with a 'labels' list of integers")
+            skips.add("invalid_json", _where(raw), "expected a JSON object with a 'labels' list of integers")
             continue
         labels = [label for label in labels if 0 <= label and (num_labels is None or label < num_labels)]
         if not labels:
-            skips.add("no_label", where)
+            skips.add("no_label", _where(raw))
             continue
-        yield {"__key__": key, "__url__": raw["__url__"], "image": image, "labels": labels}
+        yield {"__key__": raw["__key__"], "__url__": raw["__url__"], "image": image, "labels": labels}
+
+
+def _where(sample: dict[str, Any]) -> str:
+    # Formatted only for a skipped sample: this is the per-sample hot path.
+    return f"{sample['__key__']} in {sample['__url__']}"
 
 
 def parse_labels(data: bytes) -> list[int] | None:
@@ -62,7 +65,7 @@ def decoded_samples(samples: Iterable[dict[str, Any]], transform: Transform, rng
         try:
             pixels = transform(sample["image"], rng)
         except ImageSkip as skip:
-            skips.add(skip.reason, f"{sample['__key__']} in {sample['__url__']}", skip.detail)
+            skips.add(skip.reason, _where(sample), skip.detail)
             continue
         yield {"__key__": sample["__key__"], "labels": sample["labels"], "pixels": pixels}
 
@@ -75,7 +78,7 @@ def boxed_samples(samples: Iterable[dict[str, Any]], transform: Transform, rng: 
         try:
             box, flip = header_box(sample["image"], transform, rng)
         except ImageSkip as skip:
-            skips.add(skip.reason, f"{sample['__key__']} in {sample['__url__']}", skip.detail)
+            skips.add(skip.reason, _where(sample), skip.detail)
             continue
         yield {"__key__": sample["__key__"], "labels": sample["labels"], "jpeg": sample["image"],
                "box": box, "flip": flip}
