@@ -23,6 +23,7 @@ from pretrain.model import (BUILTIN_ARCHITECTURES, create_model, head_name, para
 # multiply-adds for one 224x224 image. The paper's table rounds the big five to 43 / 88 / 193 /
 # 466 / 829 M parameters and 8 / 16 / 36 / 87 / 153 GFLOPs.
 SIZES = {
+    "resnext_micro": (848_024, 0.09),
     "resnext_tiny": (5_985_064, 0.76),
     "resnext_small": (10_119_976, 1.48),
     "resnext101_32x4d": (44_177_704, 8),
@@ -220,7 +221,7 @@ def test_helpers_see_through_compile_and_ddp(tmp_path):
 
 def test_unknown_name_and_bad_options_are_user_errors():
     with pytest.raises(UserError, match=r"unknown model 'resnext101_32x6d'; closest: .*"
-                                        r"resnext101_32x8d.*built-in names are resnext_tiny, "
+                                        r"resnext101_32x8d.*built-in names are resnext_micro, resnext_tiny, "
                                         r"resnext_small, resnext101_32x4d.*any timm model name"):
         create_model("resnext101_32x6d", 10)
     with pytest.raises(UserError, match="no option 'widht'; its options are zero_init_residual"):
