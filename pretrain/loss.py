@@ -53,18 +53,21 @@ class MultiLabelSoftmaxLoss(nn.Module):
 
 
 class MultiLabelSigmoidLoss(nn.Module):
-    """Per-label binary cross-entropy with logits, averaged over all N x K (row, label) entries.
+    """Per-label binary cross-entropy with logits, summed over the K labels, averaged over rows.
 
-    Unlike the softmax, a row without labels is a valid all-negative example and counts. Because
-    the mean runs over the K labels too, the value and its gradients are K times smaller than a
-    per-row sum over labels would give; keep that in mind when comparing learning rates with the
-    softmax.
+    The sum over labels (not a mean over all N x K entries) gives each logit the gradient
+    ``(sigmoid(z) - y) / N``, the same form and scale as the softmax's ``(p - y/k) / N``, so both
+    losses train at the same learning rate. A mean over K too would shrink every gradient K-fold:
+    at the CPU demo's lr and 158 labels such a run never left its first plateau (the ablation in
+    docs/ablations.md). Unlike the softmax, a row without labels is a valid all-negative example
+    and counts.
     """
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits, targets = _full_precision(logits, targets)
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return F.binary_cross_entropy_with_logits(logits, targets, reduction="mean")
+            per_entry = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+            return per_entry.sum(dim=1).mean()
 
 
 LOSSES: dict[str, type[nn.Module]] = {

@@ -107,15 +107,16 @@ def test_sigmoid_loss_matches_hand_computed_value():
     # Entries: sigmoid(0) = 1/2 with target 1: -ln(1/2) = ln 2;
     #          sigmoid(ln 3) = 3/4 with target 0: -ln(1/4) = 2 ln 2;
     # row 1 has no labels and counts as two negatives at sigmoid(0): ln 2 each.
-    # Mean over the 4 (row, label) entries: (ln 2 + 2 ln 2 + ln 2 + ln 2) / 4 = 5/4 ln 2.
+    # Summed over each row's labels, averaged over the 2 rows: (3 ln 2 + 2 ln 2) / 2 = 5/2 ln 2.
     logits = torch.tensor([[0.0, LN3], [0.0, 0.0]])
     targets = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
-    assert MultiLabelSigmoidLoss()(logits, targets).item() == pytest.approx(1.25 * LN2, rel=1e-6)
+    assert MultiLabelSigmoidLoss()(logits, targets).item() == pytest.approx(2.5 * LN2, rel=1e-6)
 
 
 def test_sigmoid_loss_equals_binary_cross_entropy_on_probabilities():
     logits, targets = _random_batch(rows=6, classes=11, seed=4)
-    reference = F.binary_cross_entropy(torch.sigmoid(logits.double()), targets.double())
+    # A mean over the N x K entries, times K: the sum over labels, averaged over rows.
+    reference = F.binary_cross_entropy(torch.sigmoid(logits.double()), targets.double()) * logits.shape[1]
     torch.testing.assert_close(MultiLabelSigmoidLoss()(logits, targets).double(), reference,
                                rtol=1e-5, atol=1e-6)
 
