@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test test-faults demo bench clean
 
 venv: $(STAMP)
 
@@ -14,8 +14,13 @@ $(STAMP): constraints.txt pyproject.toml
 	PIP_CONSTRAINT=constraints.txt $(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The quick fault-injection variants (tests/faults) are part of `make test`; `make test-faults`
+# runs the whole fault suite, heavy variants included (more kills, bigger shards, longer runs).
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not heavy"
+
+test-faults: venv
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests/faults
 
 demo: venv
 	$(PY) scripts/demo.py

@@ -2,15 +2,26 @@
 
 A reader (or a restarted job) sees either the old complete file or the new complete file, never a
 partial one. Used for vocab.json, info.json, shards, reports and checkpoints.
+
+A write that fails because the disk (or a quota, or a file-size limit) is full removes its temp
+file and raises one :class:`~data.errors.UserError` line naming the file, whatever layer saw the
+error first (``torch.save`` turns it into a RuntimeError, for one): the commands resume, so the
+fix is to free space and rerun.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+from data.errors import UserError
+
+#: errno values that mean "no room to write": disk full, quota exceeded, file-size limit (RLIMIT_FSIZE)
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @contextlib.contextmanager
@@ -27,11 +38,27 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = disk_full_error(err)
+        if full is not None:
+            raise UserError(f"cannot write {path}: {os.strerror(full.errno)} (the disk, a quota or a file-size "
+                            "limit is full); free space and rerun the same command: finished work is "
+                            "kept") from None
         raise
     fsync_dir(path.parent)
+
+
+def disk_full_error(err: BaseException | None) -> OSError | None:
+    """The out-of-space OSError behind ``err``: itself, or one it was raised from or while handling."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    return None
 
 
 def fsync_dir(directory: Path) -> None:

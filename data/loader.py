@@ -16,7 +16,8 @@ Per DataLoader worker, the stream is (docs/loader.md has the full picture)::
   not run a collective per batch in eval (sum the metrics, all-reduce once at the end).
 
 Bad samples are skipped and counted by reason (:mod:`data.skip_counter`); ``Loader.skip_counts()``
-gives the running totals of all workers of this rank. The epoch lives in shared memory so that
+gives the running totals of all workers of this rank, ``Loader.dropped_labels()`` the label ids
+outside the vocabulary that were removed from samples. The epoch lives in shared memory so that
 persistent workers see ``set_epoch`` without being restarted.
 """
 from __future__ import annotations
@@ -324,6 +325,10 @@ class Loader:
     def skip_counts(self) -> dict[str, int]:
         """Skipped samples by reason, all workers of this rank, since the loader was made."""
         return self.stream.skips.counts()
+
+    def dropped_labels(self) -> int:
+        """Label ids outside the vocabulary dropped from samples, all workers of this rank."""
+        return self.stream.skips.dropped_labels()
 
     def realised_label_counts(self) -> np.ndarray | None:
         """Per label, the images carrying it delivered so far by this rank (after resampling)."""

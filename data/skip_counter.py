@@ -30,7 +30,10 @@ REASONS = (
     "unsupported_format",  # not an allowlisted raster format
     "unsupported_mode",  # pixel format with no sensible RGB conversion
 )
-_COLUMN = {reason: i for i, reason in enumerate(REASONS)}
+#: not a skip: label ids outside the vocabulary, removed from a sample's labels (the sample is kept
+#: when another id remains, else skipped as ``no_label``); counted per id, apart from the skips
+DROPPED_LABEL = "dropped_label_id"
+_COLUMN = {reason: i for i, reason in enumerate(REASONS + (DROPPED_LABEL,))}
 
 
 class SkipCounter:
@@ -39,7 +42,7 @@ class SkipCounter:
 
     def __init__(self, slots: int, log_every_s: float = 60.0) -> None:
         self.slots = slots
-        self._counts = SharedCounts(slots, len(REASONS))
+        self._counts = SharedCounts(slots, len(_COLUMN))
         self.log_every_s = log_every_s
         self._slot = 0
         self._last_logged: dict[str, float] = {}
@@ -51,22 +54,40 @@ class SkipCounter:
     def add(self, reason: str, key: str, detail: str = "") -> None:
         row = self._counts.row(self._slot)
         row[_COLUMN[reason]] += 1
-        now = time.monotonic()
-        last = self._last_logged.get(reason)
-        if last is None or now - last >= self.log_every_s:
-            self._last_logged[reason] = now
+        if self._log_due(reason):
             LOG.warning("skipped sample %s: %s%s (%d %s skips so far in worker %d; logged at most "
                         "every %gs per reason)", key, reason, f" ({detail})" if detail else "",
                         row[_COLUMN[reason]], reason, self._slot, self.log_every_s)
 
+    def drop_labels(self, count: int, key: str, detail: str = "") -> None:
+        """Count ``count`` label ids of sample ``key`` that lie outside the vocabulary."""
+        row = self._counts.row(self._slot)
+        row[_COLUMN[DROPPED_LABEL]] += count
+        if self._log_due(DROPPED_LABEL):
+            LOG.warning("sample %s: dropped %d label id(s) outside the vocabulary%s (%d dropped so far in "
+                        "worker %d; were the shards built with another vocab.json?)", key, count,
+                        f" ({detail})" if detail else "", row[_COLUMN[DROPPED_LABEL]], self._slot)
+
+    def _log_due(self, reason: str) -> bool:
+        now = time.monotonic()
+        last = self._last_logged.get(reason)
+        if last is None or now - last >= self.log_every_s:
+            self._last_logged[reason] = now
+            return True
+        return False
+
     def own_total(self) -> int:
-        """Skips counted by this process's row, all reasons."""
-        return int(self._counts.row(self._slot).sum())
+        """Skipped samples counted by this process's row, all reasons."""
+        return int(self._counts.row(self._slot)[:len(REASONS)].sum())
 
     def counts(self) -> dict[str, int]:
-        """Totals over all workers, reasons with at least one skip only."""
+        """Skipped samples: totals over all workers, reasons with at least one skip only."""
         totals = self._counts.totals()
         return {reason: int(totals[i]) for i, reason in enumerate(REASONS) if totals[i]}
+
+    def dropped_labels(self) -> int:
+        """Label ids dropped as outside the vocabulary, all workers."""
+        return int(self._counts.totals()[_COLUMN[DROPPED_LABEL]])
 
     def report(self) -> SkipReport:
         """The totals as the shard builder's report type (no example keys: those stay in the log)."""

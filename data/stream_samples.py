@@ -21,7 +21,8 @@ IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 def labelled_samples(samples: Iterable[dict[str, Any]], num_labels: int | None,
                      skips: SkipCounter) -> Iterator[dict[str, Any]]:
     """``{"__key__", "__url__", "image": bytes, "labels": [int]}`` for each raw sample with an
-    image and a json whose ``labels`` hold at least one id in ``0..num_labels-1``."""
+    image and a json whose ``labels`` hold at least one id in ``0..num_labels-1``; ids outside that
+    range are dropped and counted (:meth:`SkipCounter.drop_labels`)."""
     for raw in samples:
         image = next((raw[suffix] for suffix in IMAGE_SUFFIXES if suffix in raw), None)
         if image is None:
@@ -34,11 +35,19 @@ def labelled_samples(samples: Iterable[dict[str, Any]], num_labels: int | None,
         if labels is None:
             skips.add("invalid_json", _where(raw), "expected a JSON object with a 'labels' list of integers")
             continue
-        labels = [label for label in labels if 0 <= label and (num_labels is None or label < num_labels)]
+        known = [label for label in labels if 0 <= label and (num_labels is None or label < num_labels)]
+        if len(known) < len(labels):
+            skips.drop_labels(len(labels) - len(known), _where(raw), _outside(labels, known, num_labels))
+            labels = known
         if not labels:
             skips.add("no_label", _where(raw))
             continue
         yield {"__key__": raw["__key__"], "__url__": raw["__url__"], "image": image, "labels": labels}
+
+
+def _outside(labels: list[int], known: list[int], num_labels: int | None) -> str:
+    dropped = sorted(set(labels) - set(known))[:5]
+    return f"ids {dropped}, valid {f'0..{num_labels - 1}' if num_labels is not None else '>= 0'}"
 
 
 def _where(sample: dict[str, Any]) -> str:

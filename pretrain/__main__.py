@@ -14,8 +14,10 @@ label_distribution.png (docs/pretraining.md). Restarting the same command (or a 
 from __future__ import annotations
 
 import argparse
+import os
 
-from data.errors import cli_main
+from data.atomic_write import disk_full_error
+from data.errors import UserError, cli_main
 from pretrain.config import load_config
 from pretrain.train import DebugOptions, train
 
@@ -34,9 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     debug.add_argument("--crash-rank", type=int, metavar="R",
                        help="rank R kills itself with SIGKILL (first torchrun attempt only), with --crash-after-images")
     debug.add_argument("--crash-after-images", type=int, metavar="N", help="see --crash-rank")
-    debug.add_argument("--max-nonfinite-steps", type=int, default=DebugOptions.max_nonfinite_steps, metavar="N",
-                       help="stop with an error (after a checkpoint) once N consecutive steps had a non-finite "
-                            "gradient; such steps are skipped and counted (default: %(default)s)")
+    debug.add_argument("--max-nonfinite-steps", type=int, metavar="N",
+                       help="override optim.max_nonfinite_steps: stop with an error (after a checkpoint) once N "
+                            "consecutive steps had a non-finite gradient; such steps are skipped and counted")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the flags
     if (args.crash_rank is None) != (args.crash_after_images is None):
         parser.error("--crash-rank and --crash-after-images go together")
@@ -51,9 +53,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
-    train(config, DebugOptions(stop_after_images=args.stop_after_images, check_replicas=args.check_replicas,
-                               crash_rank=args.crash_rank, crash_after_images=args.crash_after_images,
-                               max_nonfinite_steps=args.max_nonfinite_steps))
+    debug = DebugOptions(stop_after_images=args.stop_after_images, check_replicas=args.check_replicas,
+                         crash_rank=args.crash_rank, crash_after_images=args.crash_after_images,
+                         max_nonfinite_steps=args.max_nonfinite_steps)
+    try:
+        train(config, debug)
+    except Exception as err:
+        # Checkpoints are written atomically and say so themselves; this is for every other write
+        # (metrics.jsonl, plots, wandb): one line, and the rerun resumes from the last checkpoint.
+        full = disk_full_error(err)
+        if full is None:
+            raise
+        raise UserError(f"{full.filename or 'a write of the run'}: {os.strerror(full.errno)}; free space and "
+                        "rerun the same command: it resumes from the last checkpoint") from None
 
 
 if __name__ == "__main__":

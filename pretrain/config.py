@@ -83,6 +83,8 @@ class DataConfig:
     workers: int = option(8, "DataLoader worker processes per rank", min=0, aliases=("num_workers",))
     image_size: int = option(224, "train crop side and eval centre-crop side in pixels", min=8,
                              aliases=("resolution", "img_size", "crop_size"))
+    crop_scale_min: float = option(0.08, "RandomResizedCrop's smallest area fraction (0.08: the ImageNet "
+                                   "recipe; raise it when objects are small in the frame)", above=0.0, max=1.0)
     shuffle_buffer: int = option(2000, "raw samples held per worker for shuffling", min=1)
     epoch_images: int | None = option(None, "images per loader epoch (all ranks); null: the shards' sample "
                                       "count from info.json (required for shards without info.json)", min=1)
@@ -133,6 +135,10 @@ class OptimConfig:
                              "world size x grad_accum)", min=1, aliases=("accumulate", "gradient_accumulation"))
     clip_grad: float | None = option(None, "clip the global gradient L2 norm to this value; null: no clipping",
                                      above=0.0, aliases=("grad_clip", "max_grad_norm"))
+    max_nonfinite_steps: int = option(20, "a step with a non-finite loss or gradient is skipped and counted; "
+                                      "after this many in a row (checked at log steps) the run writes a "
+                                      "checkpoint and stops with an error", min=1,
+                                      aliases=("max_nan_steps", "max_skipped_steps"))
 
     def peak_lr(self, global_batch: int) -> float:
         """The linear scaling rule (Goyal et al.): lr grows with the global batch."""

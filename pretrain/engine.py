@@ -9,7 +9,8 @@ One optimiser step, all on the device and without a host synchronisation:
    DDP's gradient all-reduce runs on the final micro-batch only (``no_sync`` on the others);
 3. the global gradient norm is computed (and clipped when configured); a non-finite norm, which is
    the same on every rank after the all-reduce, sets a device-side flag that fused SGD reads to skip
-   the update: weights and momentum stay as they were, and the step is counted;
+   the update: weights and momentum stay as they were, the buffers the forward passes changed (BN
+   running statistics) are put back from a copy taken before them, and the step is counted;
 4. the lr for the images seen after the step is set.
 
 Loss, grad norm and the non-finite counters accumulate in device tensors; :meth:`Engine.read_stats`
@@ -77,6 +78,10 @@ class Engine:
         self.settings, self.device, self.scheduler, self.scaler = settings, device, scheduler, scaler
         self.normalize = Normalizer(device, settings.channels_last)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        # BN updates its running statistics in the forward pass, before anyone knows whether the step
+        # is finite: a skipped step restores them, or one inf activation would poison them for good.
+        self.buffers = list(model.buffers())
+        self._buffers_before = [buffer.detach().clone() for buffer in self.buffers]
         self.check_replicas = check_replicas
         self.replica_checks = 0
         self._zero = torch.zeros((), device=device)
@@ -123,6 +128,8 @@ class Engine:
     def step(self, micro_batches: Sequence[dict[str, Any]], progress: Progress, global_batch: int) -> None:
         """One optimiser step over ``grad_accum`` micro-batches; advances ``progress``."""
         loss = self._zero.clone()
+        if self.buffers:
+            torch._foreach_copy_(self._buffers_before, self.buffers)
         last = len(micro_batches) - 1
         for i, batch in enumerate(micro_batches):
             loss += self._micro_step(batch, sync=i == last)
@@ -135,6 +142,7 @@ class Engine:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.settings.clip_grad, norm, foreach=True)
         found_inf = (~torch.isfinite(norm)).float()
         self._optimizer_step(found_inf)
+        self._restore_buffers_if(found_inf)
         self.optimizer.zero_grad(set_to_none=True)
         self._accumulate(loss, norm, found_inf)
         progress.step += 1
@@ -152,6 +160,13 @@ class Engine:
         # is non-zero: a skipped step costs no host sync.
         self.optimizer.found_inf = found_inf  # type: ignore[attr-defined]
         self.optimizer.step()
+
+    @torch.no_grad()
+    def _restore_buffers_if(self, found_inf: torch.Tensor) -> None:
+        """Buffers as they were before this step's forward passes when it is skipped (on the device)."""
+        skipped = found_inf.bool()
+        for buffer, before in zip(self.buffers, self._buffers_before):
+            torch.where(skipped, before, buffer, out=buffer)
 
     def _accumulate(self, loss: torch.Tensor, norm: torch.Tensor, found_inf: torch.Tensor) -> None:
         finite = 1.0 - found_inf

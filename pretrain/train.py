@@ -41,7 +41,7 @@ from pretrain.label_distribution import plot_label_distribution, realised_vs_tar
 from pretrain.loss import create_loss
 from pretrain.model import create_model, head_name, param_groups
 from pretrain.schedule import ImageScheduler, LRSchedule
-from pretrain.tracking import Tracker
+from pretrain.tracking import Tracker, read_metrics
 
 LABEL_PLOT = "label_distribution.png"
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,7 +55,7 @@ class DebugOptions:
     check_replicas: bool = False  # all-gather a parameter checksum every step and assert equality
     crash_rank: int | None = None  # this rank SIGKILLs itself once (first torchrun attempt only) ...
     crash_after_images: int | None = None  # ... after this many images
-    max_nonfinite_steps: int = 20  # stop after this many consecutive skipped (non-finite) steps
+    max_nonfinite_steps: int | None = None  # overrides optim.max_nonfinite_steps
 
 
 class EpochStream:
@@ -145,9 +145,11 @@ class Trainer:
         self.stream = EpochStream(self.loader, position)
         if info.is_main:
             save_resolved(config, self.run_dir)
+        interrupted = self._interrupted_images() if info.is_main else None
         self.tracker = Tracker(self.run_dir, config_to_dict(config), config.tracking.wandb, config.tracking.project,
                                config.tracking.entity, config.tracking.name or config.run.name, config.tracking.tags,
                                is_main=info.is_main, resume_step=self.progress.step)
+        self._log_restart(interrupted)
         self._window = LogWindow()
 
     # -- setup ----------------------------------------------------------------------------------
@@ -198,7 +200,8 @@ class Trainer:
     def _loader_config(self, batch_size: int) -> LoaderConfig:
         data = self.config.data
         return LoaderConfig(batch_size=batch_size, num_workers=data.workers, seed=self.config.run.seed,
-                            image_size=data.image_size, epoch_images=data.epoch_images,
+                            image_size=data.image_size, crop_scale=(data.crop_scale_min, 1.0),
+                            epoch_images=data.epoch_images,
                             shuffle_buffer=data.shuffle_buffer, shuffle_initial=min(500, data.shuffle_buffer),
                             sampling_q=data.sampling.q, sampling_cap=data.sampling.cap, decode=data.decode,
                             pin_memory=data.pin_memory and self.info.device.type == "cuda")
@@ -219,6 +222,24 @@ class Trainer:
         self._say(f"resumed from {path}: step {state['step']}, {state['images_seen']:,} images"
                   + ("" if restored_rng else " (world size changed: fresh per-rank RNG seeds)"))
         return Progress(int(state["step"]), int(state["images_seen"])), int(position.get("resume_epoch", 0))
+
+    def _interrupted_images(self) -> int | None:
+        """How far an interrupted earlier attempt had got (images), from its metrics.jsonl rows past
+        the resume point, which the tracker is about to drop; None when there are none."""
+        logged = [row["images"] for row in read_metrics(self.run_dir)
+                  if isinstance(row.get("step"), int) and row["step"] > self.progress.step
+                  and isinstance(row.get("images"), int)]
+        return max(logged) if logged else None
+
+    def _log_restart(self, interrupted: int | None) -> None:
+        """A metrics row per restart: where it resumed and the logged work it recomputes (lost work)."""
+        start = self.progress.images_seen
+        if interrupted is None and self.progress.step == 0:
+            return  # a fresh run
+        recomputed = max(0, (interrupted or start) - start)
+        self.tracker.log(self.progress.step, {"restart/from_images": start, "restart/recomputed_images": recomputed})
+        if recomputed:
+            self._say(f"the interrupted attempt had logged {recomputed:,} images past that point: recomputing them")
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -304,14 +325,12 @@ class Trainer:
         window, self._window = self._window, LogWindow()
         seconds, steps = window.seconds(), window.steps
         mine = {"loss": stats["loss"], "data_wait": window.data_wait / seconds, "skipped": self.loader.skip_counts(),
+                "dropped_labels": self.loader.dropped_labels(),
                 "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if self.info.device.type == "cuda" else 0.0}
         ranks = _gather(mine)
         losses = [r["loss"] for r in ranks if np.isfinite(r["loss"])]
-        skipped: dict[str, int] = {}
-        for r in ranks:
-            for reason, count in r["skipped"].items():
-                skipped[reason] = skipped.get(reason, 0) + count
+        skipped = _summed([r["skipped"] for r in ranks])
         metrics = {"loss": float(np.mean(losses)) if losses else float("nan"), "lr": self.scheduler.last_lr,
                    "images": self.progress.images_seen, "epoch": self.stream.epoch,
                    "images_per_s": steps * self.global_batch / seconds,
@@ -319,6 +338,7 @@ class Trainer:
                    "grad_norm": stats["grad_norm"], "nonfinite_steps": stats["nonfinite_steps"],
                    "memory/max_rss_mb": max(r["rss_mb"] for r in ranks),
                    "skipped_total": sum(skipped.values()),
+                   "dropped_label_ids": sum(r["dropped_labels"] for r in ranks),
                    **{f"skipped/{reason}": count for reason, count in sorted(skipped.items())}}
         if self.info.device.type == "cuda":
             metrics["memory/cuda_max_allocated_mb"] = max(r["cuda_mb"] for r in ranks)
@@ -330,8 +350,12 @@ class Trainer:
             bar.write(f"step {self.progress.step} images {self.progress.images_seen:,} loss {metrics['loss']:.4f} "
                       f"lr {metrics['lr']:.4g} img/s {metrics['images_per_s']:.1f} "
                       f"data-wait {metrics['data_wait']:.0%} grad-norm {metrics['grad_norm']:.3g}")
-        if stats["consecutive_nonfinite"] >= self.debug.max_nonfinite_steps:
+        if stats["consecutive_nonfinite"] >= self._max_nonfinite_steps():
             self._diverged(stats["consecutive_nonfinite"])
+
+    def _max_nonfinite_steps(self) -> int:
+        override = self.debug.max_nonfinite_steps
+        return override if override is not None else self.config.optim.max_nonfinite_steps
 
     def _diverged(self, streak: int) -> None:
         path = self._checkpoint()  # the weights before the bad steps: skipped steps changed nothing
@@ -364,8 +388,10 @@ class Trainer:
                                world_size=self.info.world_size)
         metrics = evaluate(self.network, loader, self.engine.normalize, self.num_classes, self.info.device,
                            self.engine.autocast)
+        skipped = _summed(_gather(loader.skip_counts()))  # every sample was read once: exact counts
         del loader  # its worker processes end here
         logged = {f"eval/{key}": value for key, value in metrics.items()}
+        logged.update({f"eval/skipped/{reason}": count for reason, count in sorted(skipped.items())})
         self.tracker.log(self.progress.step, logged)
         self._say(f"eval at {self.progress.images_seen:,} images: precision@1 {metrics['precision_at_1']:.4f} "
                   f"recall@5 {metrics['recall_at_5']:.4f} mAP {metrics['mAP']:.4f} ({metrics['images']} images)")
@@ -412,6 +438,15 @@ def _abridged(err: Exception, limit: int = 240) -> str:
     """An exception's message on one line (PyTorch's state-dict errors span many)."""
     text = " ".join(str(err).split())
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    """Per-reason counts of all ranks added up."""
+    total: dict[str, int] = {}
+    for rank_counts in counts:
+        for reason, count in rank_counts.items():
+            total[reason] = total.get(reason, 0) + count
+    return total
 
 
 def _gather(value: dict[str, Any]) -> list[dict[str, Any]]:

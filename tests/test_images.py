@@ -154,9 +154,6 @@ EXPECTED = {
 }
 
 EDGE = "image_edge_cases"
-BOMBS = ["sharp_fixtures/65536-uint32-limit.png", "sharp_fixtures/giant-image.jpg",
-         "pillow_edge_cases/decompression_bomb.gif", "pillow_edge_cases/decompression_bomb.ico",
-         "pillow_edge_cases/bmp_reallybig.bmp", "pillow_edge_cases/png_decompression_dos.png"]
 
 
 def edge_files(root: Path) -> list[str]:
@@ -267,15 +264,6 @@ def _probe(paths: list[str]) -> dict:
     done = subprocess.run([sys.executable, "-c", BOMB_PROBE, *paths], capture_output=True, text=True,
                           timeout=60, check=True)
     return json.loads(done.stdout.splitlines()[-1])
-
-
-def test_decompression_bombs_are_skipped_without_decoding(shared_data):
-    paths = [str(shared_data / EDGE / name) for name in BOMBS]
-    probe = _probe(paths)
-    assert set(probe["reasons"].values()) <= {TOO_MANY_PIXELS, CORRUPT}
-    assert probe["reasons"][paths[0]] == probe["reasons"][paths[1]] == TOO_MANY_PIXELS
-    # Decoding either picture would take >= 840 MB; the check happens on the header.
-    assert probe["grew_kib"] < 64 * 1024
 
 
 def test_big_jpeg_is_decoded_at_reduced_dct_scale(tmp_path):

@@ -1,6 +1,6 @@
 """`python -m pretrain` under a real 2-process torchrun (gloo, CPU) on tiny real shards: identical
-replicas after every step, everything a run writes, wandb offline, a rank killed with SIGKILL under
---max-restarts, and one-line config errors."""
+replicas after every step, everything a run writes, wandb offline, and one-line config errors. A
+rank killed with SIGKILL under --max-restarts is in tests/faults/test_rank_kills.py."""
 from __future__ import annotations
 
 import re
@@ -77,24 +77,6 @@ def test_two_rank_run_keeps_replicas_identical_and_writes_the_run_directory(tmp_
     assert logged["tags"] == ["test"] and logged["config"]["optim"]["grad_accum"] == 2
     images_per_s = train_rows[-1]["images_per_s"]
     print(f"2-process CPU run (resnext_tiny, 32 px, batch 4 x 2 ranks x 2 accum): {images_per_s:.1f} img/s")
-
-
-@pytest.mark.slow
-def test_a_rank_killed_under_max_restarts_resumes_and_reaches_the_budget(tmp_path):
-    train, _ = make_shards(tmp_path)
-    config = write_config(tmp_path / "run.yaml", train, None, tmp_path / "runs", "crash")
-    # Rank 1 SIGKILLs itself after 48 images (step 6); the last checkpoint is at 32 images.
-    done = torchrun(["--config", str(config), "--crash-rank", "1", "--crash-after-images", "48"], job_env(),
-                    timeout=240, launcher=("--max-restarts=1",))
-    _assert_ok(done)
-    assert "exitcode: -9" in done.stderr  # the kill really happened
-    assert "resumed from" in done.stdout + done.stderr
-    run_dir = tmp_path / "runs" / "crash"
-    state = load_checkpoint(run_dir / "checkpoint-latest.pt")
-    assert state["images_seen"] == 96 and state["step"] == 12
-    steps = [r["step"] for r in read_metrics(run_dir) if "loss" in r]
-    assert steps == [2, 4, 6, 8, 10, 12]  # rows the killed attempt logged past its checkpoint were replaced
-    assert (run_dir / TRUNK_FILE).is_file()
 
 
 def test_config_errors_are_one_line_and_exit_2(tmp_path):

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from data.corpus.img2dataset import sample_key
 from data.errors import UserError
 from data.images import ImageSkip
 from data.skip_report import SkipReport
@@ -364,8 +365,8 @@ def _index_tar(tar: Path) -> Iterator[tuple[str, ShardMember, int]]:
             for info in archive:
                 if not info.isfile():
                     continue
-                key, _, suffix = info.name.partition(".")
-                if suffix.lower() in WDS_IMAGE_SUFFIXES:
+                key, suffix = sample_key(info.name)
+                if suffix in WDS_IMAGE_SUFFIXES:
                     images[key] = ShardMember(str(tar), info.offset_data, info.size)
                 elif suffix == "cls":
                     labels[key] = _read_cls(archive, info, tar)

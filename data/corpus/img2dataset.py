@@ -14,9 +14,11 @@ tar when the sidecar has the tags column (a few kilobytes instead of the images)
 sidecar, as img2dataset writes it from the same rows.
 
 Skipped and counted, never fatal: rows whose sidecar status is not "success" (they have no image),
-samples with invalid JSON, without an image, without JSON, without the tags field, with tags of
-the wrong type, and the rest of a truncated or corrupt tar. The number in a malformed entry is the
-tar member's index (sidecar: the row's index), the reason names the tar (or sidecar) file.
+samples with invalid JSON, a JSON member over :data:`MAX_JSON_BYTES` (never read: a hostile tar
+cannot make the reader hold a giant member), without an image, without JSON, without the tags
+field, with tags of the wrong type, and the rest of a truncated or corrupt tar. The number in a
+malformed entry is the tar member's index (sidecar: the row's index), the reason names the tar (or
+sidecar) file.
 """
 from __future__ import annotations
 
@@ -40,8 +42,12 @@ from data.errors import UserError
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 # JSON fields left out of a record's metadata: large, and of no use to later stages.
 BIG_FIELDS = frozenset({"exif", "error_message"})
+# img2dataset writes a few hundred bytes of JSON per sample (more with EXIF); the image index of
+# the shard builder reads sample JSON under the same bound.
+MAX_JSON_BYTES = 1 << 20
 
 BAD_JSON = "invalid JSON"
+BIG_JSON = "JSON too large"
 NO_IMAGE = "no image"
 NO_JSON = "no JSON"
 NO_TAGS = "no tags field"
@@ -189,6 +195,8 @@ class Img2DatasetReader(CorpusReader):
             return NO_IMAGE, {}
         if "json" not in members:
             return NO_JSON, {}
+        if members["json"][1].size > MAX_JSON_BYTES:
+            return BIG_JSON, {}
         try:
             row = json.loads(handle.extractfile(members["json"][1]).read())
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -245,7 +253,7 @@ def _first_json_fields(tar: str) -> list[str] | None:
     try:
         with tarfile.open(tar, "r:") as handle:
             for member in handle:
-                if member.isfile() and sample_key(member.name)[1] == "json":
+                if member.isfile() and sample_key(member.name)[1] == "json" and member.size <= MAX_JSON_BYTES:
                     try:
                         row = json.loads(handle.extractfile(member).read())
                     except (json.JSONDecodeError, UnicodeDecodeError):

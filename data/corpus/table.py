@@ -11,7 +11,10 @@ read one row group per chunk. A JSONL block that pyarrow cannot take whole (a br
 whose type changes between rows) is re-read line by line so that only the bad lines are lost.
 
 Malformed rows are skipped and reported as (number, reason), where the number is the 1-based line
-in the text file (the CSV header is line 1) or the 1-based row in a Parquet file. CSV line numbers
+in the text file (the CSV header is line 1) or the 1-based row in a Parquet file. Lines holding
+invalid UTF-8 or a NUL byte are malformed (as in the YFCC100M reader). A line longer
+than ``max_line_bytes`` (default: the block size) is one of them, skipped without ever being held
+in memory whole: a lost newline cannot make one block the size of the file. CSV line numbers
 assume one line per row; a quoted value with a newline in it can only be read when it does not
 straddle a block boundary (files under ``block_bytes`` are always one block).
 """
@@ -54,7 +57,9 @@ BAD_IMAGE = "image is not a string"
 BAD_JSON = "invalid JSON"
 NOT_OBJECT = "JSON line is not an object"
 BAD_UTF8 = "invalid UTF-8"
+NUL_BYTE = "NUL byte"
 FIELD_COUNT = "wrong number of fields"
+LONG_LINE = "line too long"
 BAD_ROW_GROUP = "unreadable Parquet row group"
 
 
@@ -87,6 +92,7 @@ class TableChunk:
     end: int = 0
     data: bytes | None = None       # decompressed text, for compressed files
     row_group: int = -1
+    overlong: bool = False          # one line longer than max_line_bytes: reported, never parsed
 
 
 # ----------------------------------------------------------------------------------- columns
@@ -177,7 +183,8 @@ class TableReader(CorpusReader):
 
     def __init__(self, path: str | Path, format: str | None = None, key_field: str = "key",
                  tags_field: str = "tags", image_field: str | None = DEFAULT_IMAGE_FIELD,
-                 tags_delimiter: str = ",", block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+                 tags_delimiter: str = ",", block_bytes: int = DEFAULT_BLOCK_BYTES,
+                 max_line_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"table {self.path} not found; pass an existing JSONL, CSV, TSV or "
@@ -195,7 +202,7 @@ class TableReader(CorpusReader):
             raise UserError("the tags delimiter must not be empty (--tags-delimiter)")
         self.format = self.source = inferred
         self.key_field, self.tags_field, self.tags_delimiter = key_field, tags_field, tags_delimiter
-        self.block_bytes = block_bytes
+        self.block_bytes, self.max_line_bytes = block_bytes, max_line_bytes
         self.image_field = image_field
         self.columns = self._read_columns()
         self.image_field = self._check_columns(image_field)
@@ -211,13 +218,17 @@ class TableReader(CorpusReader):
                 raise UserError(f"cannot read Parquet file {self.path}: {err}") from None
         try:
             with self._open() as f:
-                head = f.read(_SCHEMA_BYTES) + f.readline()   # whole lines only
+                head = f.read(_SCHEMA_BYTES)
+                rest = f.readline(_SCHEMA_BYTES)
+                # whole lines only: a line that does not end within the sample is left out of it
+                head = head + rest if rest.endswith(b"\n") or len(rest) < _SCHEMA_BYTES \
+                    else head[:head.rfind(b"\n") + 1]
         except (OSError, EOFError) as err:
             raise UserError(f"cannot read {self.path}: {err}") from None
         if not head.strip():
             return []
         if self.format == "jsonl":
-            table, _, _ = self._parse_jsonl(_repair_undecodable_lines(head, 1)[0], 1)
+            table, _, _ = self._parse_jsonl(_repair_lines(head, 1)[0], 1)
             if not table.column_names:
                 raise UserError(f"{self.path}: no JSON object in its first {_SCHEMA_BYTES >> 20} MiB; "
                                 "is it JSON Lines (one object per line)? Otherwise pass --source csv/tsv")
@@ -266,7 +277,7 @@ class TableReader(CorpusReader):
 
     def _text_chunks(self) -> Iterator[TableChunk]:
         """Blocks ending at a newline; the parent counts lines so every block knows its first."""
-        line, offset, carry = 1, 0, b""
+        line, offset, carry, skipping = 1, 0, b"", False
         with self._open() as f:
             while True:
                 try:
@@ -274,21 +285,39 @@ class TableReader(CorpusReader):
                 except (OSError, EOFError) as err:
                     raise UserError(f"{self.path}: cannot read past line {line}: {err}; the "
                                     "compressed file is damaged, re-download or re-compress it") from None
+                eof = not data
+                if skipping:  # inside a line longer than max_line_bytes: drop it up to its newline
+                    cut = data.find(b"\n") + 1
+                    if not eof and not cut:
+                        offset += len(data)
+                        continue
+                    yield TableChunk(line, overlong=True)
+                    line, offset, data, skipping = line + 1, offset + cut, data[cut:], False
+                head = data.find(b"\n")  # the end of the line that began in ``carry``
+                if not eof and len(carry) + (head if head >= 0 else len(data)) > self.max_line_bytes:
+                    if head < 0:
+                        offset, carry, skipping = offset + len(carry) + len(data), b"", True
+                        continue
+                    yield TableChunk(line, overlong=True)
+                    line, offset = line + 1, offset + len(carry) + head + 1
+                    carry, data = b"", data[head + 1:]
                 buffer = carry + data
                 # at the end of the file the last line may lack its newline
-                cut = buffer.rfind(b"\n") + 1 if data else len(buffer)
+                cut = len(buffer) if eof else buffer.rfind(b"\n") + 1
                 block, carry = buffer[:cut], buffer[cut:]
                 if block:
                     yield TableChunk(line, offset, offset + len(block),
                                      data=block if self.compression else None)
                     line += block.count(b"\n")
                     offset += len(block)
-                if not data:
+                if eof:
                     return
 
     # ---- parsing
 
     def read_chunk(self, chunk: TableChunk, tags_only: bool = False) -> RecordBatch:
+        if chunk.overlong:
+            return self._to_batch(pa.table({}), np.zeros(0, np.int64), [(chunk.first_line, LONG_LINE)], tags_only)
         if self.format == "parquet":
             try:
                 table = self._read_row_group(chunk.row_group, tags_only)
@@ -302,14 +331,14 @@ class TableReader(CorpusReader):
             with open(self.path, "rb") as f:
                 f.seek(chunk.start)
                 block = f.read(chunk.end - chunk.start)
-        block, undecodable = _repair_undecodable_lines(block, chunk.first_line)
+        block, damaged = _repair_lines(block, chunk.first_line)
         if self.format == "jsonl":
             table, lines, malformed = self._parse_jsonl(block, chunk.first_line)
         else:
             table, lines, malformed = self._parse_delimited(block, chunk.first_line, tags_only)
-        if undecodable:
-            keep = ~np.isin(lines, undecodable)
-            malformed += [(int(n), BAD_UTF8) for n in lines[~keep]]
+        if damaged:
+            keep = ~np.isin(lines, list(damaged))
+            malformed += [(int(n), damaged[int(n)]) for n in lines[~keep]]
             table, lines = table.filter(pa.array(keep)), lines[keep]
         return self._to_batch(table, lines, malformed, tags_only)
 
@@ -462,22 +491,28 @@ def _surviving_lines(first: int, rows: int, skipped: set[int]) -> np.ndarray:
     return lines[:rows]
 
 
-def _repair_undecodable_lines(block: bytes, first_line: int) -> tuple[bytes, list[int]]:
-    """Replace bad bytes so pyarrow can take the block, listing the lines that had them; their
-    rows are dropped afterwards (line numbering is unchanged)."""
+def _repair_lines(block: bytes, first_line: int) -> tuple[bytes, dict[int, str]]:
+    """Replace invalid UTF-8 and NUL bytes (which no text table holds on purpose) so pyarrow can
+    take the block, and name the lines that had them; their rows are dropped afterwards (line
+    numbering is unchanged)."""
+    has_nul = b"\x00" in block
     try:
         block.decode("utf-8")
-        return block, []
+        if not has_nul:
+            return block, {}
     except UnicodeDecodeError:
         pass
     lines = block.split(b"\n")
-    bad: list[int] = []
+    bad: dict[int, str] = {}
     for i, line in enumerate(lines):
         try:
             line.decode("utf-8")
         except UnicodeDecodeError:
-            bad.append(first_line + i)
-            lines[i] = line.decode("utf-8", "replace").encode("utf-8")
+            bad[first_line + i] = BAD_UTF8
+            line = lines[i] = line.decode("utf-8", "replace").encode("utf-8")
+        if has_nul and b"\x00" in line:
+            bad.setdefault(first_line + i, NUL_BYTE)
+            lines[i] = line.replace(b"\x00", b" ")
     return b"\n".join(lines), bad
 
 

@@ -21,6 +21,10 @@ Wanted columns are gathered by an Arrow ``take`` over a zero-copy view of the bl
 the tag fields are split on ',' with numpy into a list array, so that the counter
 (data/tag_counts.py) works per distinct raw tag, never per occurrence in Python.
 
+A line longer than ``max_line_bytes`` (1 MiB by default; real rows are a few kilobytes) is
+reported as malformed by its line number and skipped without ever being held in memory whole, so
+a runaway line (a lost newline, a binary file) costs at most a block's memory, not its length.
+
 Compressed input: ``.bz2`` is decompressed by an external ``lbzip2``/``pbzip2``/``bzip2 -dc``
 process when one is on PATH (lbzip2 and pbzip2 decompress on several cores; even plain bzip2
 runs concurrently with parsing), otherwise by Python's ``bz2`` module in a background thread
@@ -87,6 +91,7 @@ LICENSE_PRESETS = {
 _FAMILY_OF_NAME = {name.casefold(): family for family, name in LICENSE_FAMILIES.items()}
 
 DEFAULT_BLOCK_SIZE = 16 << 20
+DEFAULT_MAX_LINE_BYTES = 1 << 20
 _HEAD_BYTES = 1 << 20
 _HEAD_LINES = 100
 _DECOMPRESSORS = ("lbzip2", "pbzip2", "bzip2")
@@ -94,6 +99,7 @@ _DECOMPRESSORS = ("lbzip2", "pbzip2", "bzip2")
 MALFORMED_COLUMNS = "wrong column count"
 MALFORMED_UTF8 = "invalid utf-8"
 MALFORMED_NUL = "nul byte"
+MALFORMED_LONG = "line too long"
 SKIPPED_VIDEO = "video"
 SKIPPED_LICENSE = "license"
 
@@ -159,6 +165,7 @@ class YfccChunk:
     offset: int = 0
     length: int = 0
     data: bytes | None = None
+    overlong: bool = False  # one line longer than max_line_bytes: reported, never parsed
 
 
 @dataclass
@@ -221,20 +228,21 @@ class YfccReader(CorpusReader):
 
     def __init__(self, path: str | os.PathLike, layout: str = "auto", machine_tags: bool = False,
                  include_videos: bool = False, licenses: str | Iterable[str] | None = None,
-                 block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+                 block_size: int = DEFAULT_BLOCK_SIZE, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"YFCC100M input {self.path} not found; pass the path of yfcc100m_dataset "
                             "(plain or .bz2)")
         if layout not in ("auto", *LAYOUTS):
             raise UserError(f"unknown YFCC100M layout {layout!r}; use auto, 23 or 25")
-        if block_size < 1:
-            raise UserError(f"block size must be positive, got {block_size}")
+        if block_size < 1 or max_line_bytes < 1:
+            raise UserError(f"block size and line limit must be positive, got {block_size} and {max_line_bytes}")
         self.compressed = self.path.suffix == ".bz2"
         self.machine_tags = machine_tags
         self.include_videos = include_videos
         self.licenses = parse_licenses(licenses)
         self.block_size = block_size
+        self.max_line_bytes = max_line_bytes
         self.layout = self._detect_layout() if layout == "auto" else layout
         self.columns = LAYOUTS[self.layout]
         self.skipped: Counter[str] = Counter()  # rows skipped by read_chunk in this process
@@ -336,28 +344,44 @@ class YfccReader(CorpusReader):
         with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             line, offset = 1, 0
             while offset < size:
-                end = _block_end(mm, offset, min(offset + self.block_size, size), size)
-                yield YfccChunk(first_line=line, offset=offset, length=end - offset)
-                view = np.frombuffer(mm, dtype=np.uint8, count=end - offset, offset=offset)
-                line += _count_newlines(view)
-                del view  # the map cannot close while numpy holds its buffer
-                if hasattr(mm, "madvise"):  # mapped pages would count in RSS; the page cache keeps them
-                    start = offset - offset % mmap.PAGESIZE
-                    mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+                window = min(offset + self.block_size, size)
+                end = _block_end(mm, offset, window, size)
+                overlong = False
+                if end is None:  # one line longer than a block: found by reading, not mapping
+                    end = _line_end(f.fileno(), window, size)
+                    overlong = end - offset - (mm[end - 1] == _NEWLINE) > self.max_line_bytes
+                if overlong:
+                    yield YfccChunk(first_line=line, offset=offset, length=end - offset, overlong=True)
+                    line += 1
+                else:
+                    yield YfccChunk(first_line=line, offset=offset, length=end - offset)
+                    view = np.frombuffer(mm, dtype=np.uint8, count=end - offset, offset=offset)
+                    line += _count_newlines(view)
+                    del view  # the map cannot close while numpy holds its buffer
+                _release(mm, offset, min(end, window) if overlong else end)  # an overlong line is never mapped
                 offset = end
 
     def _compressed_chunks(self) -> Iterator[YfccChunk]:
-        line, carry = 1, b""
+        line, carry, overlong = 1, b"", False
         for piece in self._stream():
+            if overlong:  # inside a line longer than max_line_bytes: drop it up to its newline
+                cut = piece.find(b"\n")
+                if cut < 0:
+                    continue
+                yield YfccChunk(first_line=line, overlong=True)
+                line, piece, overlong = line + 1, piece[cut + 1:], False
             block = carry + piece
             cut = block.rfind(b"\n") + 1
-            if cut == 0:  # one line longer than the piece: keep reading
-                carry = block
+            if cut == 0:  # no line ends in this piece: keep reading, unless the line is too long
+                overlong = len(block) > self.max_line_bytes
+                carry = b"" if overlong else block
                 continue
             yield YfccChunk(first_line=line, data=block[:cut])
             line += _count_newlines(np.frombuffer(block, dtype=np.uint8, count=cut))
             carry = block[cut:]
-        if carry:
+        if overlong:
+            yield YfccChunk(first_line=line, overlong=True)
+        elif carry:
             yield YfccChunk(first_line=line, data=carry)
 
     def _chunk_bytes(self, chunk: YfccChunk) -> tuple[bytes | bytearray, int]:
@@ -382,8 +406,10 @@ class YfccReader(CorpusReader):
         return urllib.parse.unquote_plus(raw)
 
     def read_chunk(self, chunk: YfccChunk, tags_only: bool = False) -> RecordBatch:
+        if chunk.overlong:
+            return _overlong_batch(chunk.first_line, tags_only)
         data, size = self._chunk_bytes(chunk)
-        block, malformed = _split_lines(data, size, chunk.first_line, len(self.columns))
+        block, malformed = _split_lines(data, size, chunk.first_line, len(self.columns), self.max_line_bytes)
         block, skipped = self._filter(block)
         self.skipped.update(skipped)
         tag_columns = ["user_tags", "machine_tags"] if self.machine_tags else ["user_tags"]
@@ -451,15 +477,38 @@ def _number(values: pa.StringArray, type_: pa.DataType) -> pa.Array:
     return pc.if_else(numeric, values, pa.scalar(None, pa.string())).cast(type_)
 
 
-def _block_end(mm: mmap.mmap, start: int, end: int, size: int) -> int:
-    """End of the block starting at ``start``: just after the last newline before ``end``, or
-    after the first newline past it when a single line is longer than a block."""
+def _overlong_batch(line: int, tags_only: bool) -> RecordBatch:
+    return RecordBatch(keys=pa.array([], pa.string()), tags=pa.array([], pa.list_(pa.string())),
+                       images=None if tags_only else [], meta=None if tags_only else pa.table({}),
+                       malformed=[(line, MALFORMED_LONG)])
+
+
+def _block_end(mm: mmap.mmap, start: int, end: int, size: int) -> int | None:
+    """End of the block starting at ``start``: just after the last newline before ``end`` (the
+    file's end when ``end`` is); None when the line starting at ``start`` runs past ``end``."""
     if end == size:
         return size
     cut = mm.rfind(b"\n", start, end)
-    if cut < 0:
-        cut = mm.find(b"\n", end)
-    return size if cut < 0 else cut + 1
+    return None if cut < 0 else cut + 1
+
+
+def _line_end(fd: int, start: int, size: int, piece: int = 1 << 20) -> int:
+    """Just after the first newline at or after ``start`` (or ``size``), read piece by piece: the
+    pages of a runaway line never all sit in memory at once."""
+    while start < size:
+        data = os.pread(fd, min(piece, size - start), start)
+        cut = data.find(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        start += len(data)
+    return size
+
+
+def _release(mm: mmap.mmap, start: int, end: int) -> None:
+    # Mapped pages would count in RSS; the page cache keeps them.
+    if hasattr(mm, "madvise"):
+        aligned = start - start % mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
 
 
 def _count_newlines(view: np.ndarray) -> int:
@@ -491,8 +540,8 @@ def _scratch_mask(size: int) -> np.ndarray:
     return mask[:size]
 
 
-def _split_lines(data: bytes | bytearray, size: int, first_line: int,
-                 columns: int) -> tuple[_Block, list[tuple[int, str]]]:
+def _split_lines(data: bytes | bytearray, size: int, first_line: int, columns: int,
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> tuple[_Block, list[tuple[int, str]]]:
     """Field geometry of ``data[:size]`` (whole lines), minus its malformed lines (reported)."""
     buf = np.frombuffer(data, dtype=np.uint8, count=size)
     # One scan for bytes <= '\n' finds tabs and newlines together (the rare other control bytes
@@ -516,6 +565,8 @@ def _split_lines(data: bytes | bytearray, size: int, first_line: int,
     if data.find(b"\x00", 0, size) >= 0:
         nul_lines = np.unique(np.searchsorted(ends, np.flatnonzero(buf == 0)))
         reasons.update((int(i), MALFORMED_NUL) for i in nul_lines)
+    lengths = ends - delims[prev] - 1  # the newline left out
+    reasons.update((int(i), MALFORMED_LONG) for i in np.flatnonzero(lengths > max_line_bytes))
     if reasons:
         bad[list(reasons)] = True
     block = _Block(buf, delims, prev[~bad], columns, crlf=data.find(b"\r", 0, size) >= 0)

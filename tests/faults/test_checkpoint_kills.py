@@ -1,0 +1,120 @@
+"""A kill during checkpoint writing: the previous checkpoint loads, and no partial file is ever named
+as complete.
+
+A child process writes big checkpoints in a loop (save_checkpoint: temp file, fsync, rename, then
+checkpoint-latest.pt re-pointed, then pruning) and is SIGKILLed at seeded random moments, so kills
+land in every phase. After each kill, every file named ``checkpoint-*.pt`` loads, resume finds a
+checkpoint at most one save behind the newest, and the next save clears the dead temp files. Then
+a real pretraining run is killed while it writes a checkpoint, and resumes to its budget.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pretrain.checkpoint import LATEST, find_resume, load_checkpoint, numbered_checkpoints, save_checkpoint
+from pretrain.config import load_config
+from pretrain.train import train
+from tests.faults.run_checks import assert_every_checkpoint_loads
+from tests.pretrain_runs import REPO, job_env, make_shards, write_config
+
+STEP = 100  # images between the child's checkpoints
+
+_WRITER = """
+import sys, torch
+from pretrain.checkpoint import save_checkpoint
+run_dir = sys.argv[1]
+save_checkpoint(run_dir, {"model": {"w": torch.ones(3)}, "step": 1}, 100, keep_last=3)
+print("first", flush=True)
+big = {"model": {f"w{i}": torch.full((1 << 18,), float(i)) for i in range(32)}}  # 32 MiB
+images = 200
+while True:  # the parent kills us somewhere in here
+    save_checkpoint(run_dir, {**big, "step": images}, images, keep_last=3)
+    images += 100
+"""
+
+
+def _kill_a_writer(run_dir: Path, delay: float) -> None:
+    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(run_dir)], cwd=REPO, stdout=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert child.stdout.readline().strip() == b"first"
+        time.sleep(delay)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _check_after_a_kill(run_dir: Path) -> tuple[int, int, int]:
+    """(newest numbered, resumed-from, dead temp files) after a kill; asserts nothing partial is named."""
+    named = [p for p in run_dir.iterdir() if not p.name.startswith(".")]
+    assert {p.name for p in named} <= {LATEST} | {p.name for _, p in numbered_checkpoints(run_dir)}
+    for path in named:
+        load_checkpoint(path)  # complete, or not named at all
+    newest = numbered_checkpoints(run_dir)[-1][0]
+    resumed = load_checkpoint(find_resume(run_dir, "auto"))["images_seen"]
+    # latest is re-pointed right after the rename: a kill in between costs one save, never more
+    assert newest - STEP <= resumed <= newest
+    return newest, resumed, sum(p.name.startswith(".") for p in run_dir.iterdir())
+
+
+def _kill_writers_at_random_moments(tmp_path: Path, kills: int, seed: int) -> None:
+    rng = random.Random(seed)
+    outcomes = []
+    for i in range(kills):
+        run_dir = tmp_path / f"run{i}"
+        _kill_a_writer(run_dir, rng.uniform(0.0, 1.0))
+        outcomes.append(_check_after_a_kill(run_dir))
+        save_checkpoint(run_dir, {"model": {}}, 10_000_000, keep_last=3)  # the next save cleans up
+        assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+    print(f"{kills} kills (newest numbered, resumed from, dead temp files): {outcomes}")
+
+
+def test_a_checkpoint_writer_killed_at_random_moments_never_names_a_partial_file(tmp_path):
+    _kill_writers_at_random_moments(tmp_path, kills=3, seed=0)
+
+
+@pytest.mark.heavy
+def test_a_checkpoint_writer_killed_at_many_random_moments_never_names_a_partial_file(tmp_path):
+    _kill_writers_at_random_moments(tmp_path, kills=12, seed=1)
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path, one_thread):
+    shards, _ = make_shards(tmp_path)
+    # A checkpoint every step, so the kill has many writes to land in.
+    config = write_config(tmp_path / "a.yaml", shards, None, tmp_path / "runs", "killed",
+                          optim={"total_images": 96}, checkpoint={"every_images": 4, "keep_last": 2})
+    run_dir = tmp_path / "runs" / "killed"
+    command = [sys.executable, "-m", "pretrain", "--config", str(config)]
+    process = subprocess.Popen(command, cwd=REPO, env=job_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    partial = None
+    try:
+        deadline = time.monotonic() + 120
+        while partial is None and process.poll() is None and time.monotonic() < deadline:
+            if run_dir.is_dir() and any(run_dir.glob("checkpoint-*.pt")):  # not the very first write
+                partial = next((p for p in run_dir.glob(".checkpoint-*.tmp") if p.stat().st_size > 0), None)
+            if partial is None:
+                time.sleep(0.001)
+        if partial is not None:
+            process.send_signal(signal.SIGKILL)
+    finally:
+        if process.poll() is None and partial is None:
+            process.kill()
+        process.wait(timeout=60)
+    assert partial is not None, "the run ended before a checkpoint write was caught in flight"
+    assert process.returncode == -signal.SIGKILL
+    latest = assert_every_checkpoint_loads(run_dir)  # the previous complete checkpoint
+    assert 0 < latest["images_seen"] < 96
+    resumed = train(load_config(config))
+    assert resumed["images_seen"] == 96
+    assert not list(run_dir.glob(".checkpoint-*.tmp"))  # the dead writer's temp file is cleaned up

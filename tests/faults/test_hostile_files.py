@@ -1,0 +1,118 @@
+"""Hostile files a user may be handed: a checkpoint carrying pickled code, and YAML with python tags.
+Both are refused with one clear line, by every command that reads them, and the code never runs:
+each payload would create a marker directory (and does, when loaded unsafely)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from data.errors import UserError
+from pretrain.__main__ import main as pretrain_main
+from pretrain.checkpoint import LATEST, find_resume, load_checkpoint
+from tests.pretrain_runs import make_shards, write_config
+from tests.transfer_factory import image_folder
+from transfer.__main__ import main as transfer_main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _Payload:
+    """Unpickling this runs os.mkdir(marker): the shape of a malicious checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _evil_checkpoint(path: Path, marker: Path, container: str = "torch-zip") -> Path:
+    state = {"format": "openwsl-checkpoint", "images_seen": 32, "step": 8, "model": {"w": torch.zeros(2)},
+             "extra": _Payload(marker)}
+    torch.save(state, path, _use_new_zipfile_serialization=container == "torch-zip")
+    return path
+
+
+def _one_error_line(main, argv: list[str], capsys) -> str:
+    """Run a command's main; it must exit 2 with exactly one ``error:`` line and no traceback."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    return errors[0]
+
+
+@pytest.mark.parametrize("container", ["torch-zip", "legacy-pickle"])
+def test_checkpoint_carrying_pickled_code_is_refused(tmp_path, container):
+    marker = tmp_path / "pwned"
+    path = _evil_checkpoint(tmp_path / "evil.pt", marker, container)
+    with pytest.raises(UserError, match=r"refused to load: the file carries pickled Python code "
+                                        r"\((posix|os)\.mkdir\)") as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+    assert not marker.exists()
+    with pytest.raises(UserError):
+        find_resume(tmp_path, str(path))
+    assert not marker.exists()
+    # The payload is real: an unsafe load runs it.
+    torch.load(path, weights_only=False)
+    assert marker.is_dir()
+
+
+@pytest.fixture
+def pretrain_config(tmp_path) -> Path:
+    train, _ = make_shards(tmp_path)
+    return write_config(tmp_path / "run.yaml", train, None, tmp_path / "runs", "hostile", data={"workers": 0})
+
+
+def test_pretraining_refuses_to_resume_from_a_checkpoint_carrying_code(tmp_path, pretrain_config, capsys):
+    marker = tmp_path / "pwned"
+    evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
+    line = _one_error_line(pretrain_main, ["--config", str(pretrain_config), f"checkpoint.resume={evil}"], capsys)
+    assert line.startswith(f"error: {evil}: refused to load: the file carries pickled Python code")
+    # Planted as the run's own latest checkpoint, it is refused too (and the run is not restarted
+    # over it silently).
+    run_dir = tmp_path / "runs" / "hostile"
+    run_dir.mkdir(parents=True)
+    _evil_checkpoint(run_dir / LATEST, marker)
+    line = _one_error_line(pretrain_main, ["--config", str(pretrain_config)], capsys)
+    assert line.startswith(f"error: {run_dir} holds checkpoints but none loads ({LATEST})")
+    assert not marker.exists()
+
+
+def test_transfer_refuses_weights_carrying_code(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = _evil_checkpoint(tmp_path / "evil.pth", marker)
+    val = image_folder(tmp_path / "val", {"red": 2, "blue": 2})
+    line = _one_error_line(transfer_main, ["evaluate", "--config", str(REPO / "configs/transfer/cpu_demo_eval.yaml"),
+                                           f"init={evil}", f"data.val={val}", f"run.dir={tmp_path / 'runs'}",
+                                           "data.workers=0"], capsys)
+    assert line.startswith(f"error: {evil}: refused to load") and not marker.exists()
+
+
+PYTHON_TAG = "!!python/object/apply:os.mkdir [{marker}]"
+
+
+def test_yaml_python_tags_are_refused_by_both_config_loaders_and_never_run(tmp_path, pretrain_config, capsys):
+    marker = tmp_path / "pwned"
+    payload = PYTHON_TAG.format(marker=marker)
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"data:\n  train: {tmp_path / 'train'}\nrun:\n  name: {payload}\n")
+    line = _one_error_line(pretrain_main, ["--config", str(evil)], capsys)
+    assert line.startswith(f"error: {evil}: not valid YAML (line ") and "python tags are refused" in line
+    line = _one_error_line(pretrain_main, ["--config", str(pretrain_config), f"run.name={payload}"], capsys)
+    assert line.startswith("error: override 'run.name=!!python") and "python tags are refused" in line
+    transfer = tmp_path / "transfer.yaml"
+    transfer.write_text((REPO / "configs/transfer/cpu_demo_eval.yaml").read_text() + f"seed: {payload}\n")
+    line = _one_error_line(transfer_main, ["evaluate", "--config", str(transfer)], capsys)
+    assert line.startswith(f"error: {transfer}: not valid YAML (line ") and "python tags are refused" in line
+    assert not marker.exists()
+    # The payload is real: an unsafe loader would have run it.
+    yaml.unsafe_load(evil.read_text())
+    assert marker.exists()
