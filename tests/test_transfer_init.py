@@ -36,7 +36,7 @@ def test_torchvision_resnext101_32x8d_file_gives_identical_logits(tmp_path):
 def test_head_is_replaced_for_other_class_counts_and_trunk_kept(tmp_path):
     path = tiny_model_file(tmp_path / "tiny.pth", num_classes=10)
     source = torch.load(path, weights_only=True)
-    model, report = build_model("resnext_tiny", 3, str(path), head="keep")
+    model, report = build_model("resnext_micro", 3, str(path), head="keep")
     assert report.head == "new" and model.fc.out_features == 3
     assert torch.equal(model.state_dict()["layer4.0.conv2.weight"], source["layer4.0.conv2.weight"])
     assert report.head_not_loaded == ["fc.weight", "fc.bias"] and report.unexpected == []
@@ -45,15 +45,15 @@ def test_head_is_replaced_for_other_class_counts_and_trunk_kept(tmp_path):
 
 def test_pretraining_checkpoint_trunk_export_and_safetensors_load(tmp_path):
     torch.manual_seed(0)
-    hashtag_model = create_model("resnext_tiny", 50)
+    hashtag_model = create_model("resnext_micro", 50)
     state = hashtag_model.state_dict()
     save_checkpoint(tmp_path / "run", {"model": {f"module.{k}": v for k, v in state.items()}, "step": 1}, 64, 1)
-    trunk = export_trunk(state, tmp_path / "trunk.safetensors", architecture="resnext_tiny")
+    trunk = export_trunk(state, tmp_path / "trunk.safetensors", architecture="resnext_micro")
     plain = tmp_path / "plain.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(plain))
     kinds = {}
     for init in (tmp_path / "run", trunk, plain):
-        model, report = build_model("resnext_tiny", 4, str(init), head="replace")
+        model, report = build_model("resnext_micro", 4, str(init), head="replace")
         kinds[init.name] = report.kind
         assert report.head == "new" and report.missing == []
         assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
@@ -64,9 +64,9 @@ def test_pretraining_checkpoint_trunk_export_and_safetensors_load(tmp_path):
 
 def test_zero_shot_keeps_the_hashtag_head_of_a_checkpoint(tmp_path):
     torch.manual_seed(0)
-    state = create_model("resnext_tiny", 50).state_dict()
+    state = create_model("resnext_micro", 50).state_dict()
     save_checkpoint(tmp_path / "run", {"model": state, "step": 1}, 64, 1)
-    model, report = build_model("resnext_tiny", 50, str(tmp_path / "run"), head="keep")
+    model, report = build_model("resnext_micro", 50, str(tmp_path / "run"), head="keep")
     assert report.head == "loaded" and torch.equal(model.fc.weight, state["fc.weight"])
 
 
@@ -82,7 +82,7 @@ def test_wrong_architecture_names_first_mismatching_key_and_both_shapes(tmp_path
 def test_unrelated_file_pickled_code_and_missing_file_are_clear_errors(tmp_path):
     torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="no tensor name matches the model"):
-        build_model("resnext_tiny", 2, str(tmp_path / "other.pth"))
+        build_model("resnext_micro", 2, str(tmp_path / "other.pth"))
     torch.save({"w": torch.zeros(1), "fn": print}, tmp_path / "code.pth")
     with pytest.raises(UserError, match="refused to load"):
         read_weights(tmp_path / "code.pth")
@@ -94,7 +94,8 @@ def test_cli_wrong_architecture_exits_2_with_one_error_line(tmp_path):
     path = tiny_model_file(tmp_path / "small.pth", num_classes=2, name="resnext_small")
     val = image_folder(tmp_path / "val", {"red": 2, "blue": 2})
     done = subprocess.run([sys.executable, "-m", "transfer", "evaluate", "--config", str(REPO_ROOT / "configs/transfer/cpu_demo_eval.yaml"),
-                           f"init={path}", f"data.val={val}", f"run.dir={tmp_path / 'runs'}", "data.workers=0"],
+                           f"init={path}", f"data.val={val}", f"run.dir={tmp_path / 'runs'}", "data.workers=0",
+                           "model.name=resnext_tiny"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
@@ -106,11 +107,11 @@ def test_random_init_depends_on_the_run_seed_only_not_on_the_rank_seed():
     models = []
     for rank_seed in (0, 1):
         torch.manual_seed(rank_seed)
-        models.append(build_model("resnext_tiny", 3, None, seed=7)[0].state_dict())
+        models.append(build_model("resnext_micro", 3, None, seed=7)[0].state_dict())
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
-    other = build_model("resnext_tiny", 3, None, seed=8)[0].state_dict()
+    other = build_model("resnext_micro", 3, None, seed=8)[0].state_dict()
     assert not torch.equal(models[0]["conv1.weight"], other["conv1.weight"])
     after = torch.rand(1)
     torch.manual_seed(1)
-    build_model("resnext_tiny", 3, None, seed=7)
+    build_model("resnext_micro", 3, None, seed=7)
     assert torch.equal(torch.rand(1), after), "the caller's generator is left as it was"

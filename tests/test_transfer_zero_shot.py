@@ -58,7 +58,7 @@ def test_zero_shot_evaluate_end_to_end_with_a_known_winner(tmp_path):
     # A hashtag model whose logits are its bias: 'puppy' (a dog hashtag) always wins among the class
     # hashtags, so every image is predicted 'dog' whatever its pixels: top-1 = dog's share.
     torch.manual_seed(0)
-    model = create_model("resnext_tiny", len(VOCAB))
+    model = create_model("resnext_micro", len(VOCAB))
     with torch.no_grad():
         model.fc.weight.zero_()
         model.fc.bias.copy_(torch.tensor([0.0, 1.0, 2.0, 5.0, 4.0]))

@@ -59,7 +59,7 @@ def wds_shards(root: Path, shard_sizes: Sequence[int], num_classes: int, seed: i
     return written
 
 
-def tiny_model_file(path: Path, num_classes: int, name: str = "resnext_tiny", seed: int = 0) -> Path:
+def tiny_model_file(path: Path, num_classes: int, name: str = "resnext_micro", seed: int = 0) -> Path:
     """A plain state-dict .pth of a random ``name`` model with a ``num_classes``-way head."""
     torch.manual_seed(seed)
     model = create_model(name, num_classes, zero_init_residual=False)
@@ -67,9 +67,10 @@ def tiny_model_file(path: Path, num_classes: int, name: str = "resnext_tiny", se
     return path
 
 
-def colour_task(tmp_path: Path, train_per_class: int, val_per_class: int) -> tuple[Path, Path, Path]:
-    """(train ImageFolder, val ImageFolder, a 10-way tiny model file to start from) for 3 colours."""
+def colour_task(tmp_path: Path, train_per_class: int, val_per_class: int,
+                model: str = "resnext_micro") -> tuple[Path, Path, Path]:
+    """(train ImageFolder, val ImageFolder, a 10-way tiny ``model`` file to start from) for 3 colours."""
     names = ("red", "green", "blue")
     train = image_folder(tmp_path / "train", {name: train_per_class for name in names}, seed=0)
     val = image_folder(tmp_path / "val", {name: val_per_class for name in names}, seed=1)
-    return train, val, tiny_model_file(tmp_path / "pretrained.pth", num_classes=10)
+    return train, val, tiny_model_file(tmp_path / "pretrained.pth", num_classes=10, name=model)

@@ -9,7 +9,7 @@ Examples::
     torchrun --nproc_per_node=8 -m transfer linear --config configs/transfer/resnext101_32x8d_in1k_linear.yaml \\
         init=runs/pretrain/trunk.safetensors
     python -m transfer evaluate --config configs/transfer/cpu_demo_eval.yaml \\
-        init=runs/demo_linear/linear_model.safetensors
+        init=runs/demo/linear/linear_model.safetensors
     torchrun --nproc_per_node=8 -m transfer finetune --config configs/transfer/resnext101_32x8d_in1k_finetune.yaml \\
         init=runs/pretrain/trunk.safetensors
 

@@ -46,7 +46,7 @@ class TransferDataConfig:
 @dataclass
 class TransferModelConfig:
     name: str = option("resnext101_32x8d", "model factory name (pretrain/model.py): resnext101_32x{4,8,16,32,48}d, "
-                       "resnext_tiny, resnext_small or a timm model", aliases=("arch", "architecture"))
+                       "resnext_micro, resnext_tiny, resnext_small or a timm model", aliases=("arch", "architecture"))
     channels_last: bool = option(True, "NHWC memory format")
 
 
