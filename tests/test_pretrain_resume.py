@@ -20,14 +20,6 @@ from tests.pretrain_runs import make_shards, write_config
 TOLERANCE = 1e-6
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _max_difference(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
