@@ -52,7 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--workers", type=int, default=2, help="worker processes of the data stages")
     run.add_argument("--wandb", choices=("offline", "disabled"), default="offline",
                      help="wandb mode of the pretraining run (offline: `wandb sync` it later)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag in ("images", "downstream_train", "downstream_val", "min_count", "pretrain_images", "finetune_epochs",
+                 "nproc", "workers"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    return args
 
 
 def prepare_out(out: Path) -> None:
@@ -114,8 +119,10 @@ def transfer_stages(stages: Stages, args: argparse.Namespace, run: DemoRun) -> N
     data = [f"data.train={run.rel(run.downstream / 'train')}", f"data.val={run.rel(run.downstream / 'val')}",
             f"run.dir={run.rel(run.out)}", f"run.seed={args.seed}"]
     trunk = run.rel(run.pretrain / "trunk.safetensors")
+    # The recipe warms up for 1 epoch; a shorter run warms up for half of it, so any --finetune-epochs works.
     finetune = ["-m", "transfer", "finetune", "--config", "configs/transfer/cpu_demo_finetune.yaml",
-                f"finetune.epochs={args.finetune_epochs}", *data]
+                f"finetune.epochs={args.finetune_epochs}", f"finetune.warmup_epochs={min(1, args.finetune_epochs / 2):g}",
+                *data]
     linear = ["-m", "transfer", "linear", "--config", "configs/transfer/cpu_demo_linear.yaml", *data]
     stages.run("fine-tuning from the pretrained trunk", [*finetune, f"init={trunk}", f"run.name={run.finetune.name}"])
     stages.run("fine-tuning from random init (same budget)",
