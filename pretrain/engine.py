@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data.label_targets import multi_hot_targets
+from data.loader.labels import multi_hot_targets
 from pretrain.schedule import ImageScheduler
 
 # torchvision's ImageNet statistics, on the 0..255 scale of the uint8 batches.

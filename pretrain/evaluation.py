@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data.label_targets import multi_hot_targets
+from data.loader.labels import multi_hot_targets
 
 TOP_K = 5
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from data.atomic_write import write_bytes
-from data.sampling import label_distribution, total_variation
+from data.loader.resampling import label_distribution, total_variation
 
 
 def realised_vs_target(realised: Sequence[int], natural: Sequence[int], q: float | None) -> float:

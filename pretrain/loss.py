@@ -1,7 +1,7 @@
 """The pretraining losses: the paper's multi-label softmax, and per-label sigmoid BCE.
 
 Both are called as ``loss(logits, targets)`` with ``logits`` N x K and ``targets`` the N x K 0/1
-multi-hot rows of the batch (``data.label_targets.multi_hot_targets``). Both compute in float32
+multi-hot rows of the batch (``data.loader.labels.multi_hot_targets``). Both compute in float32
 (float64 stays float64) whatever autocast does to the logits, so a bf16 run sums its 17k-way
 softmax in full precision.
 
@@ -35,7 +35,7 @@ class MultiLabelSoftmaxLoss(nn.Module):
     """``-(1/k) * sum_{h in row} log softmax(logits)_h``, averaged over the rows with >= 1 label.
 
     Rows are normalised by their own sum, so 0/1 multi-hot rows and already-normalised 1/k rows
-    (``data.label_targets.soft_targets``) give the same loss. A row without labels has no target
+    (``data.loader.labels.soft_targets``) give the same loss. A row without labels has no target
     distribution: it is left out of the mean, and a batch with none labelled gives 0 (with the
     graph still connected, so backward and DDP's gradient all-reduce run as usual).
     """

@@ -29,8 +29,8 @@ from torch import nn
 from tqdm import tqdm
 
 from data.errors import UserError
-from data.loader import Loader, LoaderConfig, create_loader
-from data.shard_source import ShardSource, resolve_shards
+from data.loader.pipeline import Loader, LoaderConfig, create_loader
+from data.shards.directory import ShardSource, resolve_shards
 from pretrain.checkpoint import (TRUNK_FILE, export_trunk, find_resume, load_checkpoint, restore_training_state,
                                  save_checkpoint, training_state, unwrap_model)
 from pretrain.config import PretrainConfig, config_to_dict, save_resolved

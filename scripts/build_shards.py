@@ -17,10 +17,10 @@ from pathlib import Path
 
 from data.corpus import SOURCES, open_corpus
 from data.errors import UserError, cli_main
-from data.images import (DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_RESAMPLE, DEFAULT_SHORT_SIDE, RESAMPLE,
+from data.images.decode import (DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_RESAMPLE, DEFAULT_SHORT_SIDE, RESAMPLE,
                          ImageSettings)
-from data.near_duplicates import DEFAULT_THRESHOLD
-from data.shards import DEFAULT_SHARD_SIZE, DEFAULT_VAL_FRACTION, BuildConfig, build_shards, finalize
+from data.images.near_duplicates import DEFAULT_THRESHOLD
+from data.shards.build import DEFAULT_SHARD_SIZE, DEFAULT_VAL_FRACTION, BuildConfig, build_shards, finalize
 
 
 

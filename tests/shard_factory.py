@@ -1,6 +1,6 @@
 """Small real shard directories for loader tests: real JPEG bytes, real tars, an info.json.
 
-The tars are written with data.tar_writer (what the shard builder uses), the info.json with the
+The tars are written with data.shards.tar_writer (what the shard builder uses), the info.json with the
 fields data/shards.py writes that the loader reads (shards per split with sample counts,
 num_samples, label_counts, vocab.num_labels). Images are smooth random colour fields with noise,
 so JPEG coding and DCT-domain downscaling behave as on photos.
@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from data.tar_writer import write_tar
+from data.shards.tar_writer import write_tar
 
 
 def photo_like(rng: np.random.Generator, width: int, height: int, quality: int = 90) -> bytes:

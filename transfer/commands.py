@@ -13,7 +13,7 @@ from torch import nn
 
 from data.atomic_write import write_bytes, write_json
 from data.errors import UserError
-from data.vocab import Vocabulary
+from data.vocab.vocabulary import Vocabulary
 from pretrain.model import head_name
 from transfer.config import TransferConfig
 from transfer.datasets import LabelledImages

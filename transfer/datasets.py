@@ -21,7 +21,7 @@ Layouts (``kind``; ``auto`` picks from what is on disk):
   are indexed once (member offsets from their headers, no image read), so samples are read by
   offset like files.
 
-Images are decoded through :mod:`data.transforms` (pixel-count limit checked from the header before
+Images are decoded through :mod:`data.loader.transforms` (pixel-count limit checked from the header before
 any pixel is decoded); an image that cannot be used comes back as a named skip, never an exception,
 and the collate function carries the skips up to the caller, which counts and reports them.
 """
@@ -41,9 +41,9 @@ from torch.utils.data import Dataset, Sampler
 
 from data.corpus.img2dataset import sample_key
 from data.errors import UserError
-from data.images import ImageSkip
+from data.images.decode import ImageSkip
 from data.skip_report import SkipReport
-from data.transforms import Transform
+from data.loader.transforms import Transform
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 WDS_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")

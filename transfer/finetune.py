@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from data.atomic_write import write_bytes
 from data.errors import UserError
-from data.label_targets import pack_labels
-from data.transforms import TrainTransform
+from data.loader.labels import pack_labels
+from data.loader.transforms import TrainTransform
 from pretrain.checkpoint import (find_resume, load_checkpoint, restore_training_state, save_checkpoint,
                                  training_state, unwrap_model)
 from pretrain.config import config_to_dict

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import torch
 
 from data.errors import UserError
-from data.transforms import EvalTransform
+from data.loader.transforms import EvalTransform
 from pretrain.config import config_to_dict, save_resolved
 from pretrain.distributed import DistInfo, cleanup, init_distributed, seed_everything
 from pretrain.tracking import Tracker

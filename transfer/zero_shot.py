@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from data.errors import UserError
-from data.vocab import Vocabulary
+from data.vocab.vocabulary import Vocabulary
 
 Reduce = Literal["max", "logsumexp"]
 

@@ -4,7 +4,7 @@ The paper removes pretraining images that are near-duplicates of evaluation imag
 numbers are not inflated by test images seen during pretraining. We use the classic pHash: the
 image in grayscale at 32x32, its 2-D DCT, the 8x8 lowest frequencies compared with their median,
 one bit each. Resizing and JPEG re-encoding move few of those bits; unrelated photos differ in about
-half of them. Both sides are hashed from the image as :func:`data.images.decode` returns it
+half of them. Both sides are hashed from the image as :func:`data.images.decode.decode` returns it
 (upright, short side <= 288), so the eval set and the corpus go through one pipeline.
 
 :data:`DEFAULT_THRESHOLD` (a Hamming distance, inclusive) comes from a measured separation on the
@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from data.errors import UserError
-from data.image_sources import IMAGE_SUFFIXES
-from data.images import ImageSettings, ImageSkip, decode
+from data.images.sources import IMAGE_SUFFIXES
+from data.images.decode import ImageSettings, ImageSkip, decode
 
 HASH_SIDE = 32
 HASH_BITS = 8

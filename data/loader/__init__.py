@@ -1,0 +1,1 @@
+"""Streaming loader: shard order, tar reading, hashtag resampling, transforms, batches, skip counting (docs/loader.md)."""

@@ -2,7 +2,7 @@
 
 Selected with ``LoaderConfig(decode="cuda")`` (or ``"auto"`` when CUDA is present). Workers then
 read the header only: they check the pixel limit and choose each image's crop box and flip exactly
-as the CPU path does (:func:`data.transforms.header_box`), and ship the raw bytes; this module
+as the CPU path does (:func:`data.loader.transforms.header_box`), and ship the raw bytes; this module
 decodes the whole batch in one call on the device, then crops and resizes each image there
 (bilinear, antialiased). An image the device decoder rejects (a CMYK or 12-bit JPEG, a PNG) is
 decoded on the CPU with the same box; one that the CPU cannot decode either is dropped from the
@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from data.images import FORMATS, ImageSkip, skip_for
-from data.transforms import Box, crop_resize, crop_resize_tensor
+from data.images.decode import FORMATS, ImageSkip, skip_for
+from data.loader.transforms import Box, crop_resize, crop_resize_tensor
 
 
 def decode_batch(jpegs: list[bytes], boxes: list[Box], flips: list[bool], size: int,

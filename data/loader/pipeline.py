@@ -5,7 +5,7 @@ Per DataLoader worker, the stream is (docs/loader.md has the full picture)::
     shard order ─▶ tar members ─▶ shuffle (raw bytes) ─▶ parse json labels ─▶ resample + shuffle
        (optional) ─▶ decode + crop ─▶ batch (inside the worker) ─▶ DataLoader(batch_size=None)
 
-- ``mode="train"``: shards drawn with replacement for ever (:mod:`data.shard_order`), seeded by
+- ``mode="train"``: shards drawn with replacement for ever (:mod:`data.loader.order`), seeded by
   (seed, rank, worker, epoch); an epoch is ``epoch_images`` images, cut into
   ``batches_per_epoch = ceil(epoch_images / (batch_size * world_size))`` batches, rounded up to a
   multiple of ``num_workers``; every worker of every rank yields exactly its share, whatever the
@@ -15,7 +15,7 @@ Per DataLoader worker, the stream is (docs/loader.md has the full picture)::
   yield different numbers of batches, and each worker's last batch may be short: the trainer must
   not run a collective per batch in eval (sum the metrics, all-reduce once at the end).
 
-Bad samples are skipped and counted by reason (:mod:`data.skip_counter`); ``Loader.skip_counts()``
+Bad samples are skipped and counted by reason (:mod:`data.loader.skips`); ``Loader.skip_counts()``
 gives the running totals of all workers of this rank, ``Loader.dropped_labels()`` the label ids
 outside the vocabulary that were removed from samples. The epoch lives in shared memory so that
 persistent workers see ``set_epoch`` without being restarted.
@@ -35,15 +35,15 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.errors import UserError
-from data.images import DEFAULT_MAX_PIXELS
-from data.label_targets import pack_labels
-from data.shard_order import finite_shards, resampled_shards
-from data.shard_source import ShardSource, resolve_shards
-from data.shared_counts import SharedCounts
-from data.skip_counter import SkipCounter
-from data.stream_samples import boxed_samples, decoded_samples, labelled_samples
-from data.tar_samples import tar_samples
-from data.transforms import EvalTransform, TrainTransform
+from data.images.decode import DEFAULT_MAX_PIXELS
+from data.loader.labels import pack_labels
+from data.loader.order import finite_shards, resampled_shards
+from data.shards.directory import ShardSource, resolve_shards
+from data.loader.shared_counts import SharedCounts
+from data.loader.skips import SkipCounter
+from data.loader.samples import boxed_samples, decoded_samples, labelled_samples
+from data.loader.tar_samples import tar_samples
+from data.loader.transforms import EvalTransform, TrainTransform
 
 MODES = ("train", "eval")
 DECODERS = ("cpu", "cuda", "auto")
@@ -200,7 +200,7 @@ class ShardStream(IterableDataset):
 
     def _resample(self, samples: Iterable[dict], seed: int) -> Iterator[dict]:
         if self._resampler is None:  # once per worker: its counters outlive epochs
-            from data.sampling import LabelResampler  # noqa: PLC0415 - only when resampling
+            from data.loader.resampling import LabelResampler  # noqa: PLC0415 - only when resampling
 
             self._resampler = LabelResampler(self.source.label_counts, q=self.config.sampling_q,
                                              cap=self.config.sampling_cap,
@@ -382,7 +382,7 @@ def _worker_batches(shards: ShardSource, config: LoaderConfig, world_size: int) 
 
 
 def _device_decoder(config: LoaderConfig, stream: ShardStream) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    from data.gpu_decode import decode_batch  # noqa: PLC0415 - torchvision.io only on this path
+    from data.loader.gpu_decode import decode_batch  # noqa: PLC0415 - torchvision.io only on this path
 
     device = torch.device("cuda")  # the current device when a batch is decoded
     stream.skips.bind(stream.skips.slots - 1)  # the training process's own row

@@ -11,9 +11,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from data.images import ImageSkip
-from data.skip_counter import SkipCounter
-from data.transforms import Transform, header_box
+from data.images.decode import ImageSkip
+from data.loader.skips import SkipCounter
+from data.loader.transforms import Transform, header_box
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 

@@ -1,7 +1,7 @@
 """Skipped samples in a stream: counted by reason across worker processes, logged at a bounded rate.
 
 A stream never stops for a bad sample and never drops one silently: every skip is counted under a
-named reason in shared memory (:class:`~data.shared_counts.SharedCounts`, one row per DataLoader
+named reason in shared memory (:class:`~data.loader.shared_counts.SharedCounts`, one row per DataLoader
 worker), where the trainer reads the running totals at any time, and logged at most once per
 ``log_every_s`` seconds per reason and worker, so a dirty shard cannot flood the log. Nothing here
 sleeps (webdataset's ``warn_and_continue`` does, for half a second per bad sample).
@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import time
 
-from data.shared_counts import SharedCounts
+from data.loader.shared_counts import SharedCounts
 from data.skip_report import SkipReport
 
 LOG = logging.getLogger("openwsl.data.stream")
 
-#: every reason a stream can skip for; the image reasons are those of data.images.ImageSkip
+#: every reason a stream can skip for; the image reasons are those of data.images.decode.ImageSkip
 REASONS = (
     "unreadable_shard",  # the shard could not be opened (missing file, failed pipe: command)
     "truncated_tar",  # the shard ended mid-member; the samples before the cut were used

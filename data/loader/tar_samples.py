@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
-from data.skip_counter import SkipCounter
+from data.loader.skips import SkipCounter
 
 Sample = dict[str, Any]
 

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from data.images import DEFAULT_MAX_PIXELS, FORMATS, ImageSkip, check_pixels, skip_for, to_rgb
+from data.images.decode import DEFAULT_MAX_PIXELS, FORMATS, ImageSkip, check_pixels, skip_for, to_rgb
 
 #: a crop box in source pixels: (left, top, right, bottom)
 Box = tuple[float, float, float, float]

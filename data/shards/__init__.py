@@ -1,0 +1,1 @@
+"""Shard stage: planning, building and the shard-directory format (info.json, splits) (docs/shards.md)."""

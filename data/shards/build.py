@@ -2,10 +2,10 @@
 
 Three steps (docs/shards.md has the full picture):
 
-1. **Plan** (:mod:`data.shard_plan`): stream the corpus in order; labels, keys, image sources, exact
+1. **Plan** (:mod:`data.shards.plan`): stream the corpus in order; labels, keys, image sources, exact
    duplicates and the train/val split are decided here; records are grouped into units, one unit
    per output shard.
-2. **Build** (:mod:`data.shard_unit`): a process pool converts each unit's images and writes its
+2. **Build** (:mod:`data.shards.unit`): a process pool converts each unit's images and writes its
    shard and manifest. Units already complete from an earlier run are kept. With
    ``num_nodes > 1`` this node builds the units with ``order % num_nodes == node_rank``.
 3. **Finalize** (:func:`finalize`): once every unit's manifest is present, write ``info.json``,
@@ -30,15 +30,15 @@ from tqdm import tqdm
 from data.atomic_write import write_json
 from data.corpus.record import CorpusReader
 from data.errors import UserError
-from data.image_sources import ImageResolver
-from data.images import ImageSettings
-from data.label_histogram import plot_label_histogram
-from data.near_duplicates import DEFAULT_THRESHOLD, EvalIndex, build_eval_index
-from data.shard_plan import SPLITS, Planner, Unit
-from data.shard_unit import (BUILD_DIR, UnitContext, build_unit, build_unit_in_worker, init_worker,
+from data.images.sources import ImageResolver
+from data.images.decode import ImageSettings
+from data.shards.histogram import plot_label_histogram
+from data.images.near_duplicates import DEFAULT_THRESHOLD, EvalIndex, build_eval_index
+from data.shards.plan import SPLITS, Planner, Unit
+from data.shards.unit import (BUILD_DIR, UnitContext, build_unit, build_unit_in_worker, init_worker,
                              is_complete, read_manifest, remove_temporary_files)
 from data.skip_report import SkipReport
-from data.vocab import Vocabulary
+from data.vocab.vocabulary import Vocabulary
 
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 1000

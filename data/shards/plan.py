@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from data.corpus.record import Record
-from data.image_sources import ImageReader, ImageResolver, ImageSource, MissingImage
+from data.images.sources import ImageReader, ImageResolver, ImageSource, MissingImage
 from data.skip_report import SkipReport
-from data.vocab import Vocabulary
+from data.vocab.vocabulary import Vocabulary
 
 SPLITS = ("train", "val")
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,80}")

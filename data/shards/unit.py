@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from data.atomic_write import write_json
-from data.image_sources import ImageReader, MissingImage
-from data.images import ImageSettings, ImageSkip, convert
-from data.near_duplicates import EvalIndex, phash
-from data.shard_plan import Candidate, Unit
+from data.images.sources import ImageReader, MissingImage
+from data.images.decode import ImageSettings, ImageSkip, convert
+from data.images.near_duplicates import EvalIndex, phash
+from data.shards.plan import Candidate, Unit
 from data.skip_report import SkipReport
-from data.tar_writer import write_tar
+from data.shards.tar_writer import write_tar
 
 BUILD_DIR = ".build"
 

@@ -51,7 +51,7 @@ from PIL import Image, ImageDraw
 
 from data.atomic_write import atomic_open, write_json
 from data.errors import UserError
-from data.tags import normalize
+from data.vocab.tags import normalize
 
 FORMAT = "openwsl-synthetic-world"
 VERSION = 1

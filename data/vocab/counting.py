@@ -8,8 +8,8 @@ order. Per chunk a worker
 
 1. dictionary-encodes the chunk's raw tags, so that everything after runs once per distinct raw
    tag rather than per occurrence;
-2. canonicalises the distinct raw tags as one Arrow array (:mod:`data.array_canonicalizer`: compute
-   kernels for plain ASCII tags, the reference :class:`~data.tags.TagCanonicalizer` with a cache for
+2. canonicalises the distinct raw tags as one Arrow array (:mod:`data.vocab.tag_arrays`: compute
+   kernels for plain ASCII tags, the reference :class:`~data.vocab.tags.TagCanonicalizer` with a cache for
    the rest) and, with ``label_of``, maps canonical tags to label keys;
 3. dictionary-encodes the keys, so that each occurrence gets the id of its key in the chunk, and
    removes duplicate (image, key) pairs with numpy: that is what makes a key count once per image
@@ -34,10 +34,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from data.array_canonicalizer import PLAIN, URL_PLUS, ArrayCanonicalizer
+from data.vocab.tag_arrays import PLAIN, URL_PLUS, ArrayCanonicalizer
 from data.corpus.record import CorpusReader, MalformedReport, RecordBatch
 from data.corpus.yfcc import YfccReader
-from data.tags import TagCanonicalizer
+from data.vocab.tags import TagCanonicalizer
 
 # Chunks handed out ahead of the one being merged, per worker: enough to keep workers busy,
 # few enough that the input is never all in memory at once.

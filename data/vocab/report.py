@@ -18,10 +18,10 @@ import numpy as np
 
 from data.atomic_write import write_bytes, write_json
 
-if TYPE_CHECKING:  # data.vocab imports this module
-    from data.synsets import SynsetAliases
-    from data.tag_counts import TagCounts
-    from data.vocab import Vocabulary
+if TYPE_CHECKING:  # data.vocab.vocabulary imports this module
+    from data.vocab.synsets import SynsetAliases
+    from data.vocab.counting import TagCounts
+    from data.vocab.vocabulary import Vocabulary
 
 TOP_LABELS = 50
 RAREST_LABELS = 10

@@ -10,7 +10,7 @@ The tables are the offline ones timm ships in ``timm/data/_info/``:
 - ``imagenet_synset_to_lemma.txt``: ``<wnid>\\t<lemma>, <lemma>, ...``; WordNet lists a synset's
   lemmas most common first ('n01440764\\ttench, Tinca tinca').
 
-Every lemma is passed through the vocabulary's :class:`~data.tags.TagCanonicalizer`, so the
+Every lemma is passed through the vocabulary's :class:`~data.vocab.tags.TagCanonicalizer`, so the
 alignment sees exactly the hashtags the counter sees ('Great White Shark', 'great_white_shark' and
 '#greatwhiteshark' all become 'greatwhiteshark'). Lemmas the canonicaliser drops (stoplisted,
 digit-only, too long) are left out.
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.errors import UserError
-from data.tags import TagCanonicalizer
+from data.vocab.tags import TagCanonicalizer
 
 FAMILIES = ("imagenet-1k", "imagenet-21k")
 

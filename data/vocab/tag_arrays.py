@@ -1,7 +1,7 @@
 """Canonicalisation of a whole Arrow array of raw tags at once, equal to :class:`TagCanonicalizer`.
 
 Counting a corpus means canonicalising hundreds of thousands of distinct raw tags per million rows;
-calling :class:`~data.tags.TagCanonicalizer` once per tag (a few microseconds each, most of it in the
+calling :class:`~data.vocab.tags.TagCanonicalizer` once per tag (a few microseconds each, most of it in the
 stoplist's regular expressions) was the largest cost of the vocabulary counter. Almost every raw tag
 is plain ASCII (YFCC100M URL-encodes everything else), and on plain ASCII every rule of
 docs/tags.md is an Arrow compute kernel:
@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data.tags import TagCanonicalizer
+from data.vocab.tags import TagCanonicalizer
 
 # How a source stores tags, as far as the kernels need to know.
 PLAIN = "plain"            # decode_tag is the identity

@@ -6,7 +6,7 @@ canonical ``tag``, ``count`` (images carrying it), merged ``aliases`` and an opt
 ``synset``. Any canonical form of the tag or of one of its aliases maps to the label.
 
 :func:`build_vocabulary` makes one from a corpus (docs/vocabulary.md): count every canonical tag
-(or, aligned to WordNet, every synset) exactly over the corpus with :func:`data.tag_counts.count_tags`,
+(or, aligned to WordNet, every synset) exactly over the corpus with :func:`data.vocab.counting.count_tags`,
 keep those carried by at least ``min_count`` images, the ``top_k`` most frequent, then count again
 with the final labels for the report (coverage, labels per image).
 """
@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from data.atomic_write import write_json
 from data.errors import UserError
-from data.tags import DEFAULT_MAX_LENGTH, Stoplist, TagCanonicalizer, normalize
+from data.vocab.tags import DEFAULT_MAX_LENGTH, Stoplist, TagCanonicalizer, normalize
 
 if TYPE_CHECKING:
     from data.corpus.record import CorpusReader
-    from data.synsets import SynsetAliases
-    from data.tag_counts import TagCounts
-    from data.vocab_report import VocabReport
+    from data.vocab.synsets import SynsetAliases
+    from data.vocab.counting import TagCounts
+    from data.vocab.report import VocabReport
 
 FORMAT_VERSION = 1
 
@@ -142,9 +142,9 @@ def build_vocabulary(reader: CorpusReader, canonicalizer: TagCanonicalizer, *, t
     """
     # Imported here: training processes import this module for Vocabulary alone, and need neither
     # the counting machinery (Arrow compute, worker pools) nor the report's plotting.
-    from data.synsets import synset_alias_map
-    from data.tag_counts import count_tags
-    from data.vocab_report import VocabReport
+    from data.vocab.synsets import synset_alias_map
+    from data.vocab.counting import count_tags
+    from data.vocab.report import VocabReport
 
     if top_k is not None and top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")

@@ -53,10 +53,10 @@ from torchvision import datasets, transforms
 
 from data.corpus.table import TableReader
 from data.errors import cli_main
-from data.images import DEFAULT_SHORT_SIDE
-from data.loader import LoaderConfig, create_loader
-from data.shards import BuildConfig, build_shards
-from data.vocab import Label, Vocabulary
+from data.images.decode import DEFAULT_SHORT_SIDE
+from data.loader.pipeline import LoaderConfig, create_loader
+from data.shards.build import BuildConfig, build_shards
+from data.vocab.vocabulary import Label, Vocabulary
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

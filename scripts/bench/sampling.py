@@ -3,7 +3,7 @@
 Input: a seeded Zipf corpus (default 1,000 labels, exponent 1, 200,000 images, one label each: every
 image's label is drawn with probability ∝ 1/rank, so the counts n_h are ∝ 1/rank up to noise).
 
-- ours: data.sampling.LabelResampler without a cap, fed the corpus as a stream of sample dicts in
+- ours: data.loader.resampling.LabelResampler without a cap, fed the corpus as a stream of sample dicts in
   passes (the loader's resampled shards show every image equally often) until --samples samples
   have been emitted, for q = 1, 0.5 and 0. Reported: the total-variation distance (TV) between the
   realised and the target label distributions, and the cost per emitted sample (ns).
@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from data.sampling import (LabelResampler, image_weights, label_distribution, label_weights, mean_image_weight,
+from data.loader.resampling import (LabelResampler, image_weights, label_distribution, label_weights, mean_image_weight,
                            total_variation)
 
 TARGET_TV = 0.02

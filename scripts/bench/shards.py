@@ -7,7 +7,7 @@ removal keeps them all while the pixels, and so the decoding work, stay the same
 
 - baseline: one process, for each file: PIL open, convert('RGB'), resize (short side 288, Pillow's
   default filter), save JPEG quality 90 to a file.
-- ours: scripts/build_shards.py's library path (data.shards.build_shards) with --workers 2 on the
+- ours: scripts/build_shards.py's library path (data.shards.build.build_shards) with --workers 2 on the
   same table and folder: planning, exact-duplicate hashing, safe decoding (draft mode), tar writing,
   info.json, report.json and the histogram, all inside the timed region.
 
@@ -35,9 +35,9 @@ from PIL import Image
 
 from data.corpus.table import TableReader
 from data.errors import UserError, cli_main
-from data.images import DEFAULT_QUALITY, DEFAULT_SHORT_SIDE
-from data.shards import BuildConfig, build_shards
-from data.vocab import Label, Vocabulary
+from data.images.decode import DEFAULT_QUALITY, DEFAULT_SHORT_SIDE
+from data.shards.build import BuildConfig, build_shards
+from data.vocab.vocabulary import Label, Vocabulary
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "imagenet_samples"
 

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data.errors import cli_main  # noqa: E402
-from data.label_targets import multi_hot_targets, pack_labels  # noqa: E402
+from data.loader.labels import multi_hot_targets, pack_labels  # noqa: E402
 from pretrain.engine import MEAN_255, STD_255, Engine, Progress, StepSettings  # noqa: E402
 from pretrain.loss import create_loss  # noqa: E402
 from pretrain.model import create_model, param_groups  # noqa: E402

@@ -6,7 +6,7 @@ untagged and ~6.6 tags on a tagged row, as in the real sample), with realistic o
 URL-encoded titles and descriptions (some holding HTML), flickr URLs, CC licences, dates, a few
 videos.
 
-- ours: data.tag_counts.count_tags over data.corpus.yfcc.YfccReader, --workers processes
+- ours: data.vocab.counting.count_tags over data.corpus.yfcc.YfccReader, --workers processes
   (canonicalisation included: NFKC, casefold, joins, stoplist).
 - baseline: a single-process ``csv.reader`` loop that splits the tags field on ',',
   ``unquote_plus``-decodes and canonicalises each tag (the same TagCanonicalizer) and updates a
@@ -42,8 +42,8 @@ import numpy as np
 
 from data.corpus.yfcc import format_line
 from data.errors import cli_main
-from data.tag_counts import count_tags
-from data.tags import TagCanonicalizer
+from data.vocab.counting import count_tags
+from data.vocab.tags import TagCanonicalizer
 
 DISTINCT_TAGS = 1_000_000
 ZIPF_EXPONENT = 1.0

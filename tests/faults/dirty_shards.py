@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data.tar_writer import write_tar
+from data.shards.tar_writer import write_tar
 from tests.shard_factory import Sample, photo_like, write_shard_dir
 
 NUM_LABELS = 6

@@ -38,8 +38,8 @@ MADE_BOMBS = {"png_header_12000x10000.png": ("too_many_pixels", "12000x10000 exc
 _PROBE = r"""
 import json, sys
 from pathlib import Path
-from data.images import ImageSkip, convert
-from data.loader import LoaderConfig, create_loader
+from data.images.decode import ImageSkip, convert
+from data.loader.pipeline import LoaderConfig, create_loader
 outcomes = {}
 for path in sys.argv[2:]:
     try:

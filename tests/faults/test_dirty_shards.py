@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from data.loader import LoaderConfig, create_loader
+from data.loader.pipeline import LoaderConfig, create_loader
 from pretrain.config import load_config
 from pretrain.tracking import read_metrics
 from pretrain.train import Trainer
@@ -151,7 +151,7 @@ def test_torchrun_ranks_get_equal_batches_and_every_good_sample_once_from_dirty_
     train, _ = shards
     out = tmp_path / "out"
     out.mkdir()
-    worker = REPO / "tests" / "ddp_loader_worker.py"  # 2 epochs with an all-reduce per batch, then one eval pass
+    worker = REPO / "tests" / "data" / "loader" / "ddp_loader_worker.py"  # 2 epochs with an all-reduce per batch, then one eval pass
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker),
                str(train), str(out)]
     done = subprocess.run(command, cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)

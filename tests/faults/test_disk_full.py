@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from data.corpus import open_corpus
-from data.shards import BuildConfig, build_shards
-from data.vocab import Label, Vocabulary
+from data.shards.build import BuildConfig, build_shards
+from data.vocab.vocabulary import Label, Vocabulary
 from pretrain.checkpoint import LATEST, load_checkpoint
 from pretrain.config import load_config
 from pretrain.train import DebugOptions, train

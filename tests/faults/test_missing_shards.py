@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from data.errors import UserError
-from data.shard_source import resolve_shards
+from data.shards.directory import resolve_shards
 from pretrain.config import load_config
 from pretrain.distributed import cleanup, init_distributed
 from pretrain.train import DebugOptions, Trainer

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data.label_targets import pack_labels
+from data.loader.labels import pack_labels
 from pretrain.__main__ import main
 from pretrain.checkpoint import LATEST, load_checkpoint
 from pretrain.config import load_config

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from data.errors import UserError
-from data.loader import LoaderConfig, create_loader
-from data.near_duplicates import build_eval_index
-from data.transforms import EvalTransform
+from data.loader.pipeline import LoaderConfig, create_loader
+from data.images.near_duplicates import build_eval_index
+from data.loader.transforms import EvalTransform
 from tests.faults.child_process import REPO
 from tests.shard_factory import photo_like
 from transfer.datasets import open_dataset

@@ -13,7 +13,7 @@ from data.errors import UserError
 from pretrain.config import (CONFIG_FILE, PretrainConfig, all_keys, config_from_dict, config_reference,
                              config_to_dict, load_config, option, save_resolved, section)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
 
 

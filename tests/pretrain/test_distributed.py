@@ -15,7 +15,7 @@ from data.errors import UserError
 from pretrain.distributed import (DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, launch_env,
                                   main_process_only, resolve_backend, seed_everything)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from data.label_targets import pack_labels
+from data.loader.labels import pack_labels
 from pretrain.evaluation import evaluate, mean_average_precision
 
 

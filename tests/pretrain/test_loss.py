@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from data.errors import UserError
-from data.label_targets import multi_hot_targets, pack_labels, soft_targets
+from data.loader.labels import multi_hot_targets, pack_labels, soft_targets
 from pretrain.loss import MultiLabelSigmoidLoss, MultiLabelSoftmaxLoss, create_loss
 
 LN2, LN3 = math.log(2.0), math.log(3.0)

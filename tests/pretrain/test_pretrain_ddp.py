@@ -13,7 +13,7 @@ import torch
 from pretrain.checkpoint import TRUNK_FILE, load_checkpoint, load_trunk
 from pretrain.tracking import read_metrics
 from tests.pretrain_runs import REPO, job_env, make_shards, torchrun, write_config
-from tests.test_tracking import _read_wandb_run
+from tests.pretrain.test_tracking import _read_wandb_run
 
 TRAIN_KEYS = {"loss", "lr", "images", "epoch", "images_per_s", "data_wait", "grad_norm", "nonfinite_steps",
               "memory/max_rss_mb", "skipped_total", "replica_checks"}

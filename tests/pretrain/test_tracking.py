@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import time
 from pathlib import Path
@@ -191,6 +192,8 @@ def test_wandb_offline_run_holds_the_logged_keys_and_a_restart_resumes_it(offlin
     tracker.log(3, {"train/loss": 0.25})
     second_dir = tracker.wandb_dir
     tracker.finish()
-    assert second_dir != first_dir and second_dir.name.endswith(f"-{run_id}")
+    # wandb names an offline run's folder offline-run-<time>-<id>, adding -1, -2 ... when a folder of
+    # that name exists (both runs in the same second).
+    assert second_dir != first_dir and re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", second_dir.name)
     rerun = _read_wandb_run(second_dir / f"run-{run_id}.wandb")
     assert [(r["step"], r["train/loss"]) for r in rerun["history"] if "train/loss" in r] == [(3, 0.25)]

@@ -10,7 +10,7 @@ from data.errors import UserError
 from pretrain.config import all_keys, config_reference, load_config
 from transfer.config import TransferConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "configs" / "transfer").glob("*.yaml")), ids=lambda p: p.name)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from data.errors import UserError
-from data.images import ImageSkip
-from data.transforms import EvalTransform
+from data.images.decode import ImageSkip
+from data.loader.transforms import EvalTransform
 from tests.transfer_factory import coloured_jpeg, image_folder, wds_shards
 from transfer.datasets import ExactShardSampler, collate, open_dataset
 

@@ -16,7 +16,7 @@ from tests.transfer_factory import colour_task, image_folder, tiny_model_file
 from transfer.__main__ import main
 from transfer.evaluate import topk_correct
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EVAL_RECIPE = str(REPO / "configs/transfer/cpu_demo_eval.yaml")
 LINEAR_RECIPE = str(REPO / "configs/transfer/cpu_demo_linear.yaml")
 SMALL = ["data.image_size=32", "data.resize_size=36", "data.workers=0", "data.batch_size=16"]

@@ -15,7 +15,7 @@ from transfer.__main__ import main
 from transfer.config import FinetuneConfig
 from transfer.finetune import SmoothedCrossEntropy, lr_schedule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = str(REPO / "configs/transfer/cpu_demo_finetune.yaml")
 # resnext_tiny rather than the demo recipe's resnext_micro: its 2,048 features learn the colours in
 # the two epochs the test affords.

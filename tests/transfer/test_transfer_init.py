@@ -16,7 +16,7 @@ from pretrain.model import create_model
 from tests.transfer_factory import image_folder, tiny_model_file
 from transfer.init import build_model, read_weights
 
-REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def test_torchvision_resnext101_32x8d_file_gives_identical_logits(tmp_path):

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from data.errors import UserError
-from data.vocab import Label, Vocabulary
+from data.vocab.vocabulary import Label, Vocabulary
 from pretrain.model import create_model
 from tests.transfer_factory import image_folder
 from transfer.__main__ import main
 from transfer.zero_shot import SynsetHead, class_mapping
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A hand-made aligned vocabulary: two hashtags carry the dog synset, one the cat, one is no class,
 # and one has no synset at all.

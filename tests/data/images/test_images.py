@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.images import ImageSettings, ImageSkip, claimed_format, convert, target_size
+from data.images.decode import ImageSettings, ImageSkip, claimed_format, convert, target_size
 
 OK = "ok"
 CORRUPT = "corrupt"
@@ -246,7 +246,7 @@ def test_animated_gif_gives_its_first_frame(shared_data):
 BOMB_PROBE = r"""
 import json, resource, sys
 from pathlib import Path
-from data.images import ImageSkip, convert
+from data.images.decode import ImageSkip, convert
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 reasons = {}
 for path in sys.argv[1:]:

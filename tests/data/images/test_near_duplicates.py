@@ -9,11 +9,11 @@ import pytest
 
 from data.corpus.table import TableReader
 from data.errors import UserError
-from data.near_duplicates import (DEFAULT_THRESHOLD, altered_copy, build_eval_index, hamming,
+from data.images.near_duplicates import (DEFAULT_THRESHOLD, altered_copy, build_eval_index, hamming,
                                   hash_bytes, measure_separation)
-from data.shards import BuildConfig, build_shards
-from data.tar_writer import write_tar
-from data.vocab import Label, Vocabulary
+from data.shards.build import BuildConfig, build_shards
+from data.shards.tar_writer import write_tar
+from data.vocab.vocabulary import Label, Vocabulary
 from tests.shard_factory import photo_like
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from data.loader import LoaderConfig, create_loader
+from data.loader.pipeline import LoaderConfig, create_loader
 
 
 def main() -> None:

@@ -15,10 +15,10 @@ import torch
 
 from data.corpus.table import TableReader
 from data.errors import UserError
-from data.loader import LoaderConfig, create_loader
-from data.shards import BuildConfig, build_shards
-from data.skip_counter import SkipCounter
-from data.vocab import Label, Vocabulary
+from data.loader.pipeline import LoaderConfig, create_loader
+from data.shards.build import BuildConfig, build_shards
+from data.loader.skips import SkipCounter
+from data.vocab.vocabulary import Label, Vocabulary
 from tests.shard_factory import Sample, photo_like, simple_shards, write_shard_dir
 
 SMALL = LoaderConfig(batch_size=4, num_workers=2, image_size=24, shuffle_buffer=40, shuffle_initial=8)
@@ -263,9 +263,9 @@ def test_reads_shards_written_by_the_shard_builder(tmp_path):
 
 def test_device_decode_stream_ships_bytes_with_the_cpu_paths_boxes(uneven, monkeypatch):
     """The worker side of decode='cuda' (header-only boxes, encoded bytes in the batch), run in
-    process with CUDA reported present, decoded by data.gpu_decode on the CPU: the same samples
+    process with CUDA reported present, decoded by data.loader.gpu_decode on the CPU: the same samples
     in the same order as the CPU path, and pixels within the draft tolerance of it."""
-    from data.gpu_decode import decode_batch  # noqa: PLC0415
+    from data.loader.gpu_decode import decode_batch  # noqa: PLC0415
 
     config = LoaderConfig(batch_size=4, num_workers=0, image_size=24, shuffle_buffer=20, shuffle_initial=4,
                           epoch_images=12)

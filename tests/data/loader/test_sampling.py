@@ -30,7 +30,7 @@ from PIL import Image
 
 from data.atomic_write import write_json
 from data.errors import UserError
-from data.sampling import (LabelResampler, image_weights, label_distribution, label_weights, mean_image_weight,
+from data.loader.resampling import (LabelResampler, image_weights, label_distribution, label_weights, mean_image_weight,
                            total_variation)
 
 QS = (1.0, 0.5, 0.0)

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import CenterCrop, Compose, RandomResizedCrop, Resize
 
-from data.gpu_decode import decode_batch
-from data.images import ImageSkip
-from data.label_targets import multi_hot_targets, pack_labels, soft_targets
-from data.transforms import (EvalTransform, TrainTransform, _draft, centre_crop_box, header_box,
+from data.loader.gpu_decode import decode_batch
+from data.images.decode import ImageSkip
+from data.loader.labels import multi_hot_targets, pack_labels, soft_targets
+from data.loader.transforms import (EvalTransform, TrainTransform, _draft, centre_crop_box, header_box,
                              random_resized_crop_box)
 from tests.shard_factory import photo_like
 

@@ -24,15 +24,15 @@ from PIL import Image
 from data.corpus import open_corpus
 from data.corpus.record import CorpusReader, Record, RecordBatch, TarMember
 from data.errors import UserError
-from data.image_sources import FileImage, ImageResolver, TarImage, url_md5
-from data.images import ImageSettings
-from data.shard_plan import sample_key, split_of
-from data.shards import BuildConfig, build_shards, finalize
-from data.tar_writer import write_tar
-from data.vocab import Label, Vocabulary
+from data.images.sources import FileImage, ImageResolver, TarImage, url_md5
+from data.images.decode import ImageSettings
+from data.shards.plan import sample_key, split_of
+from data.shards.build import BuildConfig, build_shards, finalize
+from data.shards.tar_writer import write_tar
+from data.vocab.vocabulary import Label, Vocabulary
 from tests.shard_factory import photo_like
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 WORDS = ["cat", "dog", "bird", "fish", "tree"]
 
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.corpus.synthetic import (METADATA_NAME, World, WorldSpec, load_world, make_world, mirror_path,
+from data.synthetic.world import (METADATA_NAME, World, WorldSpec, load_world, make_world, mirror_path,
                                    sample_scene)
 from data.errors import UserError
-from data.tags import TagCanonicalizer, normalize
+from data.vocab.tags import TagCanonicalizer, normalize
 
 SIZE = (64, 96)
 SMALL = dict(size_range=SIZE, downstream_train_per_class=2, downstream_val_per_class=3, progress=False)

@@ -12,8 +12,8 @@ import pytest
 
 from data.corpus.yfcc import YfccReader, encode_tags, format_line
 from data.errors import UserError
-from data.tags import TagCanonicalizer
-from data.vocab import Vocabulary, build_vocabulary, select_labels
+from data.vocab.tags import TagCanonicalizer
+from data.vocab.vocabulary import Vocabulary, build_vocabulary, select_labels
 
 CANON = TagCanonicalizer.from_files()
 WORDS = [f"word{i}" for i in range(60)]
@@ -41,7 +41,7 @@ def corpus(tmp_path_factory) -> tuple[Path, Counter]:
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    script = Path(__file__).resolve().parents[1] / "scripts" / "build_vocab.py"
+    script = Path(__file__).resolve().parents[3] / "scripts" / "build_vocab.py"
     return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
 

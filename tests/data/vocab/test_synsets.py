@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from data.errors import UserError
-from data.synsets import (ALL_LEMMAS_CLAIMED, ALL_LEMMAS_DROPPED, FAMILIES, NO_LEMMA_ENTRY,
+from data.vocab.synsets import (ALL_LEMMAS_CLAIMED, ALL_LEMMAS_DROPPED, FAMILIES, NO_LEMMA_ENTRY,
                           SynsetAliases, family_synsets, synset_alias_map, timm_info_dir)
-from data.tags import Stoplist, TagCanonicalizer
+from data.vocab.tags import Stoplist, TagCanonicalizer
 
 CANON = TagCanonicalizer.from_files()
 
@@ -97,14 +97,14 @@ def test_canonicalizer_drops_are_respected():
 
 
 def test_deterministic_across_processes(tmp_path: Path):
-    script = ("import json,sys; from data.synsets import synset_alias_map; from data.tags import "
+    script = ("import json,sys; from data.vocab.synsets import synset_alias_map; from data.vocab.tags import "
               "TagCanonicalizer; a = synset_alias_map('imagenet-21k', TagCanonicalizer.from_files()); "
               "json.dump([a.label_of, a.labels, a.conflicts, a.dropped], sys.stdout)")
     outputs = []
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             env=env, cwd=Path(__file__).resolve().parents[1], check=True)
+                             env=env, cwd=Path(__file__).resolve().parents[3], check=True)
         outputs.append(run.stdout)
     assert outputs[0] == outputs[1]
     assert len(json.loads(outputs[0])[0]) > 30_000

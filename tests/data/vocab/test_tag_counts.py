@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-import data.array_canonicalizer as array_canonicalizer
-import data.tag_counts as tag_counts
+import data.vocab.tag_arrays as array_canonicalizer
+import data.vocab.counting as tag_counts
 from data.corpus.yfcc import COLUMNS_23, YfccReader, encode_tags, format_line
-from data.tag_counts import count_tags
-from data.tags import TagCanonicalizer
+from data.vocab.counting import count_tags
+from data.vocab.tags import TagCanonicalizer
 
 CANON = TagCanonicalizer.from_files()
 # Spellings that canonicalise together ('brownbear'), stoplisted and digit-only tags, CJK, and a
@@ -145,7 +145,7 @@ def test_unsafe_stoplist_patterns_fall_back_to_python(tmp_path):
     import urllib.parse
 
     import pyarrow as pa
-    from data.tags import Stoplist
+    from data.vocab.tags import Stoplist
     stop = tmp_path / "stop.txt"
     # Python and RE2 read these differently or RE2 lacks them.
     stop.write_text("re:a{,2}b\nre:(?=ab)a.\nsunset\n")

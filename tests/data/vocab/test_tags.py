@@ -2,7 +2,7 @@
 import pytest
 
 from data.errors import UserError
-from data.tags import Stoplist, TagCanonicalizer, normalize
+from data.vocab.tags import Stoplist, TagCanonicalizer, normalize
 
 canon = TagCanonicalizer.from_files()
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from data.errors import UserError
-from data.vocab import Label, Vocabulary
+from data.vocab.vocabulary import Label, Vocabulary
 
 
 def make_vocab():
