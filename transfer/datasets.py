@@ -39,34 +39,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data.corpus.img2dataset import sample_key
 from data.errors import UserError
 from data.images.decode import ImageSkip
 from data.skip_report import SkipReport
 from data.loader.transforms import Transform
+from data.tar_member import IMAGE_SUFFIXES, TarMember, is_image_file, split_member_name
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
-WDS_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 GROUND_TRUTH_FILE = "ILSVRC2012_validation_ground_truth.txt"
 _WNID = re.compile(r"^n\d{8}$")
 Kind = Literal["auto", "imagefolder", "imagenet_val", "wds"]
 
 
-@dataclass(frozen=True)
-class ShardMember:
-    """An image stored in a tar: read by its data offset, no tar parsing at read time."""
-
-    tar: str
-    offset: int
-    size: int
-
-    def read(self) -> bytes:
-        with open(self.tar, "rb") as f:
-            f.seek(self.offset)
-            return f.read(self.size)
-
-
-Source = Path | ShardMember
+Source = Path | TarMember
 
 
 @dataclass
@@ -94,7 +78,7 @@ class LabelledImages(Dataset):
             raise RuntimeError("LabelledImages needs a transform before it is read (with_transform)")
         source = self.sources[index]
         try:
-            data = source.read() if isinstance(source, ShardMember) else source.read_bytes()
+            data = source.read() if isinstance(source, TarMember) else source.read_bytes()
         except OSError as err:
             return index, ImageSkip("unreadable", f"{type(err).__name__}: {err}"), self.targets[index]
         try:
@@ -109,12 +93,12 @@ class LabelledImages(Dataset):
 
     def listing(self) -> list[tuple[str, int, int]]:
         """(name, target, byte size) per sample: what a feature cache is keyed on."""
-        sizes = [s.size if isinstance(s, ShardMember) else _file_size(s) for s in self.sources]
+        sizes = [s.size if isinstance(s, TarMember) else _file_size(s) for s in self.sources]
         return list(zip(self.names, self.targets, sizes))
 
 
 def _name(source: Source) -> str:
-    return f"{source.tar}@{source.offset}" if isinstance(source, ShardMember) else str(source)
+    return f"{source.tar}@{source.offset}" if isinstance(source, TarMember) else str(source)
 
 
 def _file_size(path: Path) -> int:
@@ -198,7 +182,7 @@ def open_dataset(root: str | os.PathLike, kind: Kind = "auto", *, val_labels: st
 
 
 _LAYOUT_HINT = {
-    "imagefolder": f"<root>/<class>/<image> with extensions {', '.join(IMAGE_EXTENSIONS)}",
+    "imagefolder": f"<root>/<class>/<image> with extensions {', '.join('.' + s for s in IMAGE_SUFFIXES)}",
     "imagenet_val": "image files next to labels (val_labels or the devkit ground truth + synsets)",
     "wds": "*.tar shards of <key>.cls + <key>.jpg samples",
 }
@@ -216,7 +200,7 @@ def _detect_kind(root: Path, val_labels: str | None) -> str:
         return "wds"
     if any(e.is_dir() and not e.name.startswith(".") for e in entries):
         return "imagefolder"
-    if any(e.is_file() and e.suffix.lower() in IMAGE_EXTENSIONS for e in entries):
+    if any(e.is_file() and is_image_file(e.name) for e in entries):
         raise UserError(f"dataset {root} is a flat folder of images with no labels: for ImageNet's "
                         f"val folder pass data.val_labels=<file of '<filename> <wnid>' lines>, or put "
                         f"{GROUND_TRUTH_FILE} there and pass data.synsets=<wnids in ILSVRC2012_ID order>")
@@ -224,7 +208,7 @@ def _detect_kind(root: Path, val_labels: str | None) -> str:
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return is_image_file(path.name) and not path.name.startswith(".")
 
 
 def _image_folder(root: Path, classes: Sequence[str] | None) -> LabelledImages:
@@ -354,20 +338,21 @@ def _wds_classes(directory: Path) -> list[str]:
     return []
 
 
-def _index_tar(tar: Path) -> Iterator[tuple[str, ShardMember, int]]:
+def _index_tar(tar: Path) -> Iterator[tuple[str, TarMember, int]]:
     """(key, image member, class) per complete sample of ``tar``, from the headers alone; samples
     lacking an image or a readable ``.cls`` are an error naming the key (a labelled set with holes
     would silently shift accuracy)."""
-    images: dict[str, ShardMember] = {}
+    images: dict[str, TarMember] = {}
     labels: dict[str, int] = {}
     try:
         with tarfile.open(tar, "r:") as archive:
             for info in archive:
-                if not info.isfile():
+                named = split_member_name(info.name) if info.isfile() else None
+                if named is None:
                     continue
-                key, suffix = sample_key(info.name)
-                if suffix in WDS_IMAGE_SUFFIXES:
-                    images[key] = ShardMember(str(tar), info.offset_data, info.size)
+                key, suffix = named
+                if suffix in IMAGE_SUFFIXES:
+                    images[key] = TarMember.of(tar, info)
                 elif suffix == "cls":
                     labels[key] = _read_cls(archive, info, tar)
     except (tarfile.TarError, OSError) as err:

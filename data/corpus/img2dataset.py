@@ -35,11 +35,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.corpus.record import CorpusReader, RecordBatch, TarMember
+from data.corpus.record import CorpusReader, RecordBatch
 from data.corpus.table import BAD_TAGS, BAD_VALUE, mixed_column, split_tags, tags_value
 from data.errors import UserError
+from data.tar_member import IMAGE_SUFFIXES, TarMember, split_member_name
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 # JSON fields left out of a record's metadata: large, and of no use to later stages.
 BIG_FIELDS = frozenset({"exif", "error_message"})
 # img2dataset writes a few hundred bytes of JSON per sample (more with EXIF); the image index of
@@ -76,14 +76,6 @@ def expand_inputs(path: str | Path) -> list[Path]:
         return [Path(text)]
     found = {Path(p) for pattern in braceexpand.braceexpand(text) for p in glob.glob(pattern)}
     return sorted(p for p in found if p.is_file())
-
-
-def sample_key(member: str) -> tuple[str, str]:
-    """(sample key, extension) of a member name, the webdataset way: the key ends at the first
-    dot of the file name ('a/00012.jpg' -> ('a/00012', 'jpg'))."""
-    directory, _, name = member.rpartition("/")
-    stem, _, ext = name.partition(".")
-    return (f"{directory}/{stem}" if directory else stem), ext.lower()
 
 
 class Img2DatasetReader(CorpusReader):
@@ -179,10 +171,10 @@ class Img2DatasetReader(CorpusReader):
                 if reason:
                     malformed.append((min(i for i, _ in members.values()), f"{reason} ({name})"))
                     continue
-                image = next(members[e][1].name for e in IMAGE_EXTENSIONS if e in members)
+                image = next(members[e][1] for e in IMAGE_SUFFIXES if e in members)
                 keys.append(key)
                 tags.append(row.pop(self.tags_field))
-                images.append(TarMember(tar, image))
+                images.append(TarMember.of(tar, image))
                 metas.append({k: v for k, v in row.items() if k not in BIG_FIELDS})
         tag_lists, _ = split_tags(pa.array(tags, pa.list_(pa.string())), self.tags_delimiter)
         meta = None if tags_only else _meta_table(metas)
@@ -191,7 +183,7 @@ class Img2DatasetReader(CorpusReader):
 
     def _sample_row(self, handle: tarfile.TarFile, members: _Members) -> tuple[str | None, dict]:
         """(why the sample is skipped, or None; its JSON object with tags as a list)."""
-        if not any(e in members for e in IMAGE_EXTENSIONS):
+        if not any(e in members for e in IMAGE_SUFFIXES):
             return NO_IMAGE, {}
         if "json" not in members:
             return NO_JSON, {}
@@ -217,15 +209,17 @@ class Img2DatasetReader(CorpusReader):
 
 
 def _scan_members(handle: tarfile.TarFile, name: str) -> tuple[dict[str, _Members], list[tuple[int, str]]]:
-    """Regular-file members grouped by sample key, in tar order. A truncated or corrupt tar is
-    counted once, at the index of the last member read, and ends the scan; that member's sample
-    is dropped since its data may be cut short."""
+    """Regular-file members grouped by sample key (:func:`split_member_name`: a name without a
+    suffix belongs to no sample), in tar order. A truncated or corrupt tar is counted once, at the
+    index of the last member read, and ends the scan; that member's sample is dropped since its
+    data may be cut short."""
     samples: dict[str, _Members] = {}
     index, key = 0, None
     try:
         for index, member in enumerate(handle):
-            if member.isfile():
-                key, ext = sample_key(member.name)
+            named = split_member_name(member.name) if member.isfile() else None
+            if named is not None:
+                key, ext = named
                 samples.setdefault(key, {}).setdefault(ext, (index, member))
     except (tarfile.TarError, OSError, EOFError):
         samples.pop(key, None)
@@ -253,7 +247,8 @@ def _first_json_fields(tar: str) -> list[str] | None:
     try:
         with tarfile.open(tar, "r:") as handle:
             for member in handle:
-                if member.isfile() and sample_key(member.name)[1] == "json" and member.size <= MAX_JSON_BYTES:
+                named = split_member_name(member.name) if member.isfile() else None
+                if named is not None and named[1] == "json" and member.size <= MAX_JSON_BYTES:
                     try:
                         row = json.loads(handle.extractfile(member).read())
                     except (json.JSONDecodeError, UnicodeDecodeError):

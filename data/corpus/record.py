@@ -16,15 +16,7 @@ from typing import Any, Callable, Iterator, Union
 import pyarrow as pa
 
 from data.skip_report import SkipReport
-
-
-@dataclass(frozen=True)
-class TarMember:
-    """An image stored inside a tar file (img2dataset shards)."""
-
-    tar: str
-    member: str
-
+from data.tar_member import TarMember
 
 # Where a record's image lives: a file path, a tar member, the encoded bytes themselves, or a URL
 # (YFCC100M rows carry their download URL; the shard builder resolves it against an image mirror).

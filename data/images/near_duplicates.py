@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from data.errors import UserError
-from data.images.sources import IMAGE_SUFFIXES
 from data.images.decode import ImageSettings, ImageSkip, decode
+from data.tar_member import IMAGE_SUFFIXES, is_image_file, split_member_name
 
 HASH_SIDE = 32
 HASH_BITS = 8
@@ -99,7 +99,7 @@ def eval_images(location: str | Path) -> Iterator[tuple[str, Callable[[], bytes]
         if tars:
             yield from _tar_images(tars)
             return
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = sorted(p for p in path.rglob("*") if is_image_file(p.name) and p.is_file())
         if not files:
             raise UserError(f"--exclude-near {location}: no images or .tar shards found in that directory")
         for file in files:
@@ -116,13 +116,17 @@ def _tar_images(tars: Sequence[Path]) -> Iterator[tuple[str, Callable[[], bytes]
     for tar in tars:
         try:
             with tarfile.open(tar, "r:") as archive:
-                members = [m for m in archive.getmembers()
-                           if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES]
+                members = [m for m in archive.getmembers() if m.isfile() and _is_sample_image(m.name)]
                 for member in members:
                     data = archive.extractfile(member).read()
                     yield f"{tar.name}:{member.name}", (lambda data=data: data)
         except (OSError, tarfile.TarError) as err:
             raise UserError(f"--exclude-near: cannot read shard {tar}: {err}") from None
+
+
+def _is_sample_image(name: str) -> bool:
+    named = split_member_name(name)
+    return named is not None and named[1] in IMAGE_SUFFIXES
 
 
 def hash_bytes(data: bytes, settings: ImageSettings = ImageSettings()) -> int | None:

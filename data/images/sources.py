@@ -9,9 +9,11 @@ The shard builder joins records with images from one ``--images`` location:
   (``588715640_40971fc6fa.jpg``), then by the md5 of the URL.
 - img2dataset shards (a ``.tar``, a directory of them, or a glob): indexed by sample key and by the
   ``url`` in each sample's ``.json``. Members are read in place with ``os.pread`` at the offset the
-  tar header gives: never extracted, and a member name is never used as a path.
+  tar header gives (:class:`~data.tar_member.TarMember`): never extracted, and a member name is never
+  used as a path.
 
-Records may also carry their image themselves (a path, a :class:`TarMember`, the bytes).
+Records may also carry their image themselves (a path, a :class:`~data.tar_member.TarMember`, the
+bytes).
 """
 from __future__ import annotations
 
@@ -22,16 +24,15 @@ import json
 import os
 import re
 import tarfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 from urllib.parse import urlsplit
 
-from data.corpus.record import Record, TarMember
+from data.corpus.record import Record
 from data.errors import UserError
+from data.tar_member import IMAGE_SUFFIXES, TarMember, is_image_file, split_member_name
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 _HEX3 = re.compile(r"[0-9a-f]{3}")
 
 
@@ -41,17 +42,11 @@ class FileImage:
 
 
 @dataclass(frozen=True)
-class TarImage:
-    tar: str
-    member: str
-
-
-@dataclass(frozen=True)
 class InlineImage:
     data: bytes
 
 
-ImageSource = Union[FileImage, TarImage, InlineImage]
+ImageSource = Union[FileImage, TarMember, InlineImage]
 
 
 class MissingImage(Exception):
@@ -76,7 +71,7 @@ class ImageResolver:
         self.location = str(location) if location is not None else None
         self._mirror: Path | None = None
         self._flat: dict[str, str] | None = None
-        self._tar_index: dict[str, TarImage] | None = None
+        self._tar_index: dict[str, TarMember] | None = None
         self._root: Path | None = None
         if location is not None:
             self._detect(Path(location))
@@ -109,7 +104,7 @@ class ImageResolver:
         if isinstance(image, bytes):
             return InlineImage(image)
         if isinstance(image, TarMember):
-            return TarImage(str(image.tar), image.member)
+            return image
         if isinstance(image, Path) or (isinstance(image, str) and "://" not in image and image):
             return self._resolve_path(Path(image))
         if self._mirror is not None:
@@ -166,37 +161,36 @@ def _index_flat(path: Path) -> dict[str, str]:
     index: dict[str, str] = {}
     with os.scandir(path) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
-            stem, suffix = os.path.splitext(entry.name)
-            if suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
-                index.setdefault(stem, entry.name)
+            if is_image_file(entry.name) and entry.is_file():
+                index.setdefault(os.path.splitext(entry.name)[0], entry.name)
     return index
 
 
-def index_img2dataset(tars: list[Path]) -> dict[str, TarImage]:
+def index_img2dataset(tars: list[Path]) -> dict[str, TarMember]:
     """Sample key and ``url`` (from the sample's .json) -> its image member, over img2dataset tars."""
-    index: dict[str, TarImage] = {}
+    index: dict[str, TarMember] = {}
     for tar in tars:
-        images: dict[str, str] = {}
+        images: dict[str, TarMember] = {}
         urls: dict[str, str] = {}
         try:
             with tarfile.open(tar, "r:") as archive:
                 for member in archive:
-                    if not member.isfile():
+                    named = split_member_name(member.name) if member.isfile() else None
+                    if named is None:
                         continue
-                    stem, _, suffix = member.name.rpartition("/")[2].partition(".")
-                    if "." + suffix.lower() in IMAGE_SUFFIXES:
-                        images.setdefault(stem, member.name)
+                    key, suffix = named
+                    if suffix in IMAGE_SUFFIXES:
+                        images.setdefault(key, TarMember.of(tar, member))
                     elif suffix == "json" and member.size < 1 << 20:
                         url = _json_url(archive.extractfile(member).read())
                         if url:
-                            urls[stem] = url
+                            urls[key] = url
         except (OSError, tarfile.TarError) as err:
             raise UserError(f"--images: cannot read img2dataset shard {tar}: {err}") from None
-        for stem, member in images.items():
-            source = TarImage(str(tar), member)
-            index.setdefault(stem, source)
-            if stem in urls:
-                index.setdefault(urls[stem], source)
+        for key, source in images.items():
+            index.setdefault(key, source)
+            if key in urls:
+                index.setdefault(urls[key], source)
     return index
 
 
@@ -208,58 +202,12 @@ def _json_url(raw: bytes) -> str | None:
     return url if isinstance(url, str) else None
 
 
-class ImageReader:
-    """Reads the bytes of an :class:`ImageSource`; thread-safe. A tar's member table (offset and
-    size of each regular file, from one header scan) is cached for the most recently used
-    :data:`TAR_INDEX_CACHE` tars; members are read with ``os.pread`` on a descriptor opened per read,
-    so no descriptor outlives a read however many tars a long build touches."""
-
-    def __init__(self) -> None:
-        self._indexes: dict[str, dict[str, tuple[int, int]]] = {}
-        self._lock = threading.Lock()
-
-    def read(self, source: ImageSource) -> bytes:
-        if isinstance(source, InlineImage):
-            return source.data
-        if isinstance(source, FileImage):
-            try:
-                return Path(source.path).read_bytes()
-            except OSError as err:
-                raise MissingImage(f"{source.path}: {err.strerror}") from None
-        where = self._members(source.tar).get(source.member)
-        if where is None:
-            raise MissingImage(f"{source.tar}: no regular member {source.member!r}")
-        offset, size = where
-        try:
-            fd = os.open(source.tar, os.O_RDONLY)
-            try:
-                data = os.pread(fd, size, offset)
-            finally:
-                os.close(fd)
-        except OSError as err:
-            raise MissingImage(f"{source.tar}: {err.strerror}") from None
-        if len(data) != size:
-            raise MissingImage(f"{source.tar}: member {source.member!r} is cut short")
-        return data
-
-    def _members(self, tar: str) -> dict[str, tuple[int, int]]:
-        with self._lock:
-            members = self._indexes.pop(tar, None)
-            if members is None:
-                members = _tar_members(tar)
-            self._indexes[tar] = members  # most recently used last
-            while len(self._indexes) > TAR_INDEX_CACHE:
-                del self._indexes[next(iter(self._indexes))]
-            return members
-
-
-TAR_INDEX_CACHE = 64
-
-
-def _tar_members(tar: str) -> dict[str, tuple[int, int]]:
+def read_image(source: ImageSource) -> bytes:
+    """The bytes of ``source``; :class:`MissingImage` when its file or tar member cannot be read."""
+    if isinstance(source, InlineImage):
+        return source.data
     try:
-        with tarfile.open(tar, "r:") as archive:
-            return {m.name: (m.offset_data, m.size) for m in archive.getmembers() if m.isfile()}
-    except (OSError, tarfile.TarError):
-        # A missing or broken tar makes each of its members a counted missing image.
-        return {}
+        return source.read() if isinstance(source, TarMember) else Path(source.path).read_bytes()
+    except OSError as err:
+        where = source.tar if isinstance(source, TarMember) else source.path
+        raise MissingImage(f"{where}: {err.strerror}" if err.strerror else str(err)) from None

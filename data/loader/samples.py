@@ -14,8 +14,7 @@ import numpy as np
 from data.images.decode import ImageSkip
 from data.loader.skips import SkipCounter
 from data.loader.transforms import Transform, header_box
-
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+from data.tar_member import IMAGE_SUFFIXES
 
 
 def labelled_samples(samples: Iterable[dict[str, Any]], num_labels: int | None,

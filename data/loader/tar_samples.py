@@ -1,11 +1,11 @@
 """Tar shards -> raw samples (a dict of member bytes per key), with damaged shards counted.
 
-Members are grouped by key, the file name up to its first dot (webdataset's rule), within one shard
-only: a key that ends one shard and starts the next gives two samples, never a merged one, and a
-key that repeats inside a shard starts a new sample when a member suffix repeats. A shard that
-cannot be opened, or that ends mid-member, is counted and the stream moves on; the samples read
-before the cut are kept. Opening goes through webdataset's ``gopen``, so ``pipe:`` commands and
-http(s) URLs work as well as local files.
+Members are grouped by key, the file name up to its first dot (webdataset's rule,
+:func:`data.tar_member.split_member_name`), within one shard only: a key that ends one shard and
+starts the next gives two samples, never a merged one, and a key that repeats inside a shard starts
+a new sample when a member suffix repeats. A shard that cannot be opened, or that ends mid-member,
+is counted and the stream moves on; the samples read before the cut are kept. Opening goes through
+webdataset's ``gopen``, so ``pipe:`` commands and http(s) URLs work as well as local files.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import tarfile
 from typing import Any, Callable, Iterable, Iterator
 
 from webdataset.gopen import gopen
-from webdataset.tariterators import base_plus_ext
 
 from data.loader.skips import SkipCounter
+from data.tar_member import split_member_name
 
 Sample = dict[str, Any]
 
@@ -51,10 +51,10 @@ def _shard_samples(stream: Any, url: str) -> Iterator[Sample]:
         for member in archive:
             if not member.isreg():
                 continue
-            key, suffix = base_plus_ext(member.name)
-            if key is None or member.name.startswith("__"):
+            named = split_member_name(member.name)
+            if named is None or member.name.startswith("__"):
                 continue
-            suffix = suffix.lower()
+            key, suffix = named
             data = archive.extractfile(member).read()
             archive.members = []  # stream mode keeps every header otherwise
             if current is None or key != current["__key__"] or suffix in current:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from data.corpus.record import Record
-from data.images.sources import ImageReader, ImageResolver, ImageSource, MissingImage
+from data.images.sources import ImageResolver, ImageSource, MissingImage, read_image
 from data.skip_report import SkipReport
 from data.vocab.vocabulary import Vocabulary
 
@@ -122,7 +122,6 @@ class Planner:
         self._digests: set[bytes] = set()
         self._buffers: dict[str, list[Candidate]] = {s: [] for s in SPLITS}
         self._order = 0
-        self._reader = ImageReader()
 
     def units(self, records: Iterable[Record]) -> Iterator[Unit]:
         with ThreadPoolExecutor(self.hash_threads) as pool:
@@ -173,7 +172,7 @@ class Planner:
 
     def _digest(self, candidate: Candidate) -> bytes | None:
         try:
-            data = self._reader.read(candidate.image)
+            data = read_image(candidate.image)
         except MissingImage:
             return None
         return hashlib.blake2b(data, digest_size=16).digest()

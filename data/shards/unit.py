@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from data.atomic_write import write_json
-from data.images.sources import ImageReader, MissingImage
+from data.images.sources import MissingImage, read_image
 from data.images.decode import ImageSettings, ImageSkip, convert
 from data.images.near_duplicates import EvalIndex, phash
 from data.shards.plan import Candidate, Unit
@@ -90,12 +90,12 @@ class UnitSamples:
     near: list[dict[str, Any]] = field(default_factory=list)
 
 
-def convert_candidates(unit: Unit, context: UnitContext, reader: ImageReader) -> UnitSamples:
+def convert_candidates(unit: Unit, context: UnitContext) -> UnitSamples:
     """Read, convert and check every candidate of ``unit``, in order."""
     result = UnitSamples()
     for candidate in unit.candidates:
         try:
-            converted = convert(reader.read(candidate.image), context.image)
+            converted = convert(read_image(candidate.image), context.image)
         except MissingImage:
             result.skips.add("missing_image", candidate.source_key)
             continue
@@ -115,9 +115,9 @@ def convert_candidates(unit: Unit, context: UnitContext, reader: ImageReader) ->
     return result
 
 
-def build_unit(unit: Unit, context: UnitContext, reader: ImageReader | None = None) -> dict[str, Any]:
+def build_unit(unit: Unit, context: UnitContext) -> dict[str, Any]:
     """Build ``unit``'s shard, then its manifest (in that order: see the module docstring)."""
-    samples = convert_candidates(unit, context, reader or ImageReader())
+    samples = convert_candidates(unit, context)
     tar = Path(context.out_dir) / f"{unit.name}.tar"
     manifest_file = manifest_path(context.out_dir, unit.name)
     remove_temporary_files(tar)
@@ -137,14 +137,13 @@ def build_unit(unit: Unit, context: UnitContext, reader: ImageReader | None = No
 
 # Worker-process state: set once by the pool initializer so units travel without the eval index.
 _CONTEXT: UnitContext | None = None
-_READER: ImageReader | None = None
 
 
 def init_worker(context: UnitContext) -> None:
-    global _CONTEXT, _READER
-    _CONTEXT, _READER = context, ImageReader()
+    global _CONTEXT
+    _CONTEXT = context
 
 
 def build_unit_in_worker(unit: Unit) -> dict[str, Any]:
     assert _CONTEXT is not None, "init_worker was not run in this process"
-    return build_unit(unit, _CONTEXT, _READER)
+    return build_unit(unit, _CONTEXT)

@@ -22,13 +22,14 @@ import webdataset as wds
 from PIL import Image
 
 from data.corpus import open_corpus
-from data.corpus.record import CorpusReader, Record, RecordBatch, TarMember
+from data.corpus.record import CorpusReader, Record, RecordBatch
 from data.errors import UserError
-from data.images.sources import FileImage, ImageResolver, TarImage, url_md5
+from data.images.sources import FileImage, ImageResolver, url_md5
 from data.images.decode import ImageSettings
 from data.shards.plan import sample_key, split_of
 from data.shards.build import BuildConfig, build_shards, finalize
 from data.shards.tar_writer import write_tar
+from data.tar_member import TarMember
 from data.vocab.vocabulary import Label, Vocabulary
 from tests.shard_factory import photo_like
 
@@ -322,9 +323,12 @@ def test_img2dataset_shards_are_read_in_place(tmp_path):
     members.append(("../escape.jpg", photo_like(rng, 64, 48)))
     write_tar(tmp_path / "00000.tar", members)
     index_resolver = ImageResolver(tmp_path / "00000.tar")
-    assert index_resolver.resolve(_record("zz", "http://x/3.jpg")) == TarImage(str(tmp_path / "00000.tar"),
-                                                                            "000000003.jpg")
-    assert ImageResolver(None).resolve(_record("k", TarMember("t.tar", "a.jpg"))) == TarImage("t.tar", "a.jpg")
+    found = index_resolver.resolve(_record("zz", "http://x/3.jpg"))
+    assert (found.tar, found.member) == (str(tmp_path / "00000.tar"), "000000003.jpg")
+    with tarfile.open(found.tar) as archive:
+        assert found.read() == archive.extractfile("000000003.jpg").read()
+    carried = TarMember("t.tar", "a.jpg", 512, 10)
+    assert ImageResolver(None).resolve(_record("k", carried)) is carried
     Vocabulary([Label(i, w, 1) for i, w in enumerate(WORDS)]).save(tmp_path / "vocab.json")
     config = BuildConfig(tmp_path / "out", tmp_path / "vocab.json", None, shard_size=4, val_fraction=0.0)
     result = build_shards(open_corpus("img2dataset", tmp_path / "00000.tar"), config)
