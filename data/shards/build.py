@@ -34,7 +34,8 @@ from data.images.sources import ImageResolver
 from data.images.decode import ImageSettings
 from data.shards.histogram import plot_label_histogram
 from data.images.near_duplicates import DEFAULT_THRESHOLD, EvalIndex, build_eval_index
-from data.shards.plan import SPLITS, Planner, Unit
+from data.shards.directory import SPLITS
+from data.shards.plan import Planner, Unit
 from data.shards.unit import (BUILD_DIR, UnitContext, build_unit, build_unit_in_worker, init_worker,
                              is_complete, read_manifest, remove_temporary_files)
 from data.skip_report import SkipReport

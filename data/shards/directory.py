@@ -1,6 +1,6 @@
 """Where a stream's shards come from: a shard directory, a brace pattern, or any webdataset URL.
 
-A *shard directory* (written by data/shards.py) carries ``info.json`` with the per-shard sample
+A *shard directory* (written by data/shards/build.py) carries ``info.json`` with the per-shard sample
 counts and the per-label counts over the train shards; the loader uses them to size epochs and to
 set up hashtag resampling. A brace pattern (``/data/train-{000000..000099}.tar``) or a URL that
 webdataset's ``gopen`` opens (``pipe:aws s3 cp s3://bucket/train-000000.tar -``, ``https://...``)
@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from webdataset.shardlists import expand_urls
-
 from data.errors import UserError
 
 INFO_FILE = "info.json"
+#: the splits of a shard directory: ``train-NNNNNN.tar`` and ``val-NNNNNN.tar``
 SPLITS = ("train", "val")
 # Schemes gopen understands; anything else is a local path and must exist.
 _REMOTE_PREFIXES = ("pipe:", "http://", "https://", "gs://", "s3://", "ais://", "hf://", "file:")
@@ -55,6 +54,9 @@ def resolve_shards(source: str | Path | Sequence[str], split: str = "train") -> 
     text = str(source)
     if not _is_remote(text) and Path(text).is_dir():
         return _from_directory(Path(text), split)
+    # Imported here: webdataset imports torch, which the shard builder (it needs SPLITS) does not.
+    from webdataset.shardlists import expand_urls  # noqa: PLC0415
+
     return _from_urls(expand_urls(text), text)
 
 

@@ -25,10 +25,10 @@ from typing import Any, Iterable, Iterator
 
 from data.corpus.record import Record
 from data.images.sources import ImageResolver, ImageSource, MissingImage, read_image
+from data.shards.directory import SPLITS
 from data.skip_report import SkipReport
 from data.vocab.vocabulary import Vocabulary
 
-SPLITS = ("train", "val")
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Metadata copied into each sample's json when present: where the image came from and its licence.
@@ -36,7 +36,7 @@ PROVENANCE_FIELDS = ("photo_id", "id", "download_url", "page_url", "url", "licen
                      "license_url", "user_nsid")
 
 
-def sample_key(key: str) -> str:
+def tar_safe_key(key: str) -> str:
     """A tar member stem for ``key``: no '/', no '.', (webdataset splits the extension at the first
     dot), at most 93 characters. Safe keys are kept; others are cleaned and suffixed with a hash of
     the original so they stay stable and unique."""
@@ -145,7 +145,7 @@ class Planner:
         if not labels:
             self.stats.skips.add("no_label", source_key)
             return None
-        key = sample_key(source_key)
+        key = tar_safe_key(source_key)
         if key in self._keys:
             self.stats.skips.add("duplicate_key", source_key)
             return None
