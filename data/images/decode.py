@@ -11,6 +11,10 @@ Corpus images come from the open web, so every step assumes hostile input:
 - Truncated or corrupt files raise :class:`ImageSkip` carrying a named reason; nothing here sets
   ``ImageFile.LOAD_TRUNCATED_IMAGES`` (a process-wide switch that would hide damage everywhere).
 
+These rules live in one place, :func:`open_untrusted`, which every decoder of untrusted bytes goes
+through: this module's :func:`decode`, the loader's transforms and its device-decode fallback, and
+the near-duplicate tools.
+
 Colour handling: CMYK, grayscale, bilevel and palette images become RGB; transparency (alpha
 channels, ``tRNS`` chunks, transparent palette entries) is composited on white, which is what a
 viewer shows for most web images; 16-bit samples keep their top 8 bits; EXIF orientation is applied
@@ -20,7 +24,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -120,6 +126,16 @@ def convert(data: bytes, settings: ImageSettings = ImageSettings()) -> Converted
 
 def decode(data: bytes, settings: ImageSettings = ImageSettings()) -> tuple[Image.Image, tuple[int, int]]:
     """The upright, resized RGB image of ``data`` and the source's (width, height)."""
+    with open_untrusted(data, settings.max_pixels) as image:
+        return _decode_resized(image, settings)
+
+
+@contextmanager
+def open_untrusted(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """``with open_untrusted(data, max_pixels) as image:`` the lazily opened image of untrusted
+    ``data`` (header read, no pixel decoded yet), for the block to decode. Only :data:`FORMATS` are
+    tried; the header's pixel count is checked against ``max_pixels`` first; any exception raised
+    while opening, or inside the block while decoding, leaves as the named :class:`ImageSkip`."""
     # Pillow plugins raise many exception types on hostile bytes (struct.error, IndexError,
     # SyntaxError, ...): every one of them means "this file is broken", so all are caught here.
     try:
@@ -128,14 +144,16 @@ def decode(data: bytes, settings: ImageSettings = ImageSettings()) -> tuple[Imag
             # "corrupt EXIF" chatter would flood a build's progress output; neither is an error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-            return _decode_resized(data, settings)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            _check_pixels(*image.size, max_pixels)
+            yield image
     except ImageSkip:
         raise
     except Exception as err:  # noqa: BLE001 - see the comment at the top of the try block
-        raise skip_for(err, data) from None
+        raise _skip_for(err, data) from None
 
 
-def skip_for(err: Exception, data: bytes) -> ImageSkip:
+def _skip_for(err: Exception, data: bytes) -> ImageSkip:
     """The named skip for an exception raised while opening or decoding ``data``."""
     if isinstance(err, Image.DecompressionBombError):
         return ImageSkip("too_many_pixels", str(err))
@@ -151,10 +169,8 @@ def skip_for(err: Exception, data: bytes) -> ImageSkip:
     return ImageSkip("corrupt", f"{type(err).__name__}: {err}")
 
 
-def _decode_resized(data: bytes, settings: ImageSettings) -> tuple[Image.Image, tuple[int, int]]:
-    image = Image.open(io.BytesIO(data), formats=FORMATS)
+def _decode_resized(image: Image.Image, settings: ImageSettings) -> tuple[Image.Image, tuple[int, int]]:
     size = image.size
-    check_pixels(*size, settings.max_pixels)
     orientation = _orientation(image)
     target = target_size(size, settings.short_side)
     if image.format in ("JPEG", "MPO") and target != size:
@@ -180,7 +196,7 @@ def claimed_format(data: bytes) -> str | None:
     return None
 
 
-def check_pixels(width: int, height: int, max_pixels: int) -> None:
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     """Refuse an image by its header size before any pixel is decoded."""
     if width <= 0 or height <= 0:
         raise ImageSkip("corrupt", f"empty image {width}x{height}")

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from data.errors import UserError
-from data.images.decode import ImageSettings, ImageSkip, decode
+from data.images.decode import DEFAULT_MAX_PIXELS, ImageSettings, ImageSkip, decode, open_untrusted
 from data.tar_member import IMAGE_SUFFIXES, is_image_file, split_member_name
 
 HASH_SIDE = 32
@@ -214,8 +214,9 @@ ALTERATIONS = ((160, 90), (96, 75), (288, 50), (64, 60), (224, 30))
 
 
 def altered_copy(data: bytes, short_side: int, quality: int) -> bytes:
-    """``data`` resized to ``short_side`` (shorter side) and re-encoded at ``quality``."""
-    with Image.open(io.BytesIO(data)) as image:
+    """``data`` resized to ``short_side`` (shorter side) and re-encoded at ``quality``; ``ImageSkip``
+    when ``data`` cannot be decoded."""
+    with open_untrusted(data, DEFAULT_MAX_PIXELS) as image:
         image = image.convert("RGB")
         scale = short_side / min(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))

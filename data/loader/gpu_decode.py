@@ -11,21 +11,22 @@ tested on machines without a GPU. Throughput: not measured on GPU (docs/loader.m
 """
 from __future__ import annotations
 
-import io
 import warnings
 
 import torch
-from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from data.images.decode import FORMATS, ImageSkip, skip_for
+from data.images.decode import DEFAULT_MAX_PIXELS, ImageSkip, open_untrusted
 from data.loader.transforms import Box, crop_resize, crop_resize_tensor
 
 
 def decode_batch(jpegs: list[bytes], boxes: list[Box], flips: list[bool], size: int,
-                 device: torch.device | str) -> tuple[torch.Tensor, list[int], list[ImageSkip]]:
-    """``(images N' x 3 x size x size uint8 on device, kept indices, skips)``."""
-    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
+                 device: torch.device | str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 ) -> tuple[torch.Tensor, list[int], list[ImageSkip]]:
+    """``(images N' x 3 x size x size uint8 on device, kept indices, skips)``; ``max_pixels`` is the
+    limit the workers checked, applied again to the images decoded on the CPU."""
+    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+               for data in jpegs]
     with warnings.catch_warnings():
         # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec, once per call;
         # they are still the batched nvJPEG entry point, and one warning per batch floods the log.
@@ -39,7 +40,7 @@ def decode_batch(jpegs: list[bytes], boxes: list[Box], flips: list[bool], size: 
     for i, image in enumerate(decoded):
         try:
             out.append(crop_resize_tensor(image, boxes[i], flips[i], size) if image is not None
-                       else _cpu_fallback(jpegs[i], boxes[i], flips[i], size, device))
+                       else _cpu_fallback(jpegs[i], boxes[i], flips[i], size, device, max_pixels))
             kept.append(i)
         except ImageSkip as skip:
             skips.append(skip)
@@ -54,13 +55,9 @@ def _decode_one(data: torch.Tensor, device: torch.device | str) -> torch.Tensor 
         return None
 
 
-def _cpu_fallback(data: bytes, box: Box, flip: bool, size: int, device: torch.device | str) -> torch.Tensor:
-    try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
+def _cpu_fallback(data: bytes, box: Box, flip: bool, size: int, device: torch.device | str,
+                  max_pixels: int) -> torch.Tensor:
+    with open_untrusted(data, max_pixels) as image:
         image.load()
         pixels = crop_resize(image, box, flip, size)
-    except ImageSkip:
-        raise
-    except Exception as err:  # noqa: BLE001 - any decoder failure is a counted skip
-        raise skip_for(err, data) from None
     return pixels.to(device)

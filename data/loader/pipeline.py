@@ -389,7 +389,7 @@ def _device_decoder(config: LoaderConfig, stream: ShardStream) -> Callable[[dict
 
     def decode(batch: dict[str, Any]) -> dict[str, Any]:
         images, kept, skipped = decode_batch(batch.pop("jpeg"), batch.pop("boxes"), batch.pop("flips"),
-                                             config.image_size, device)
+                                             config.image_size, device, config.max_pixels)
         for skip in skipped:
             stream.skips.add(skip.reason, "(device decode)", skip.detail)
         if len(kept) < len(batch["keys"]):

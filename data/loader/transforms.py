@@ -18,9 +18,7 @@ processes), and the trainer normalises on its device. Images in openwsl shards a
 """
 from __future__ import annotations
 
-import io
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,7 +27,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from data.images.decode import DEFAULT_MAX_PIXELS, FORMATS, ImageSkip, check_pixels, skip_for, to_rgb
+from data.images.decode import DEFAULT_MAX_PIXELS, open_untrusted, to_rgb
 
 #: a crop box in source pixels: (left, top, right, bottom)
 Box = tuple[float, float, float, float]
@@ -114,29 +112,15 @@ def centre_crop_box(width: int, height: int, resize: int, size: int) -> Box:
 
 def decode_crop(data: bytes, transform: Transform, rng: np.random.Generator | None) -> torch.Tensor:
     """Open ``data``, check its pixel count, pick the box, decode (at reduced scale when the box
-    allows), crop, resize and flip. Raises :class:`ImageSkip` for anything unusable."""
-    try:
-        with warnings.catch_warnings():
-            # Our limit replaces Pillow's bomb warning; its hard bound still raises below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-            return _decode_crop(data, transform, rng)
-    except ImageSkip:
-        raise
-    except Exception as err:  # noqa: BLE001 - hostile bytes raise many types; each means a skip
-        raise skip_for(err, data) from None
-
-
-def _decode_crop(data: bytes, transform: Transform, rng: np.random.Generator | None) -> torch.Tensor:
-    image = Image.open(io.BytesIO(data), formats=FORMATS)
-    width, height = image.size
-    check_pixels(width, height, getattr(transform, "max_pixels", DEFAULT_MAX_PIXELS))
-    box, flip = transform.box(width, height, rng)
-    size = transform.size
-    if getattr(transform, "draft", True) and image.format == "JPEG":
-        box = _draft(image, box, size)
-    image.load()
-    return crop_resize(image, box, flip, size)
+    allows), crop, resize and flip. Raises :class:`~data.images.decode.ImageSkip` for anything
+    unusable (:func:`~data.images.decode.open_untrusted`)."""
+    with open_untrusted(data, getattr(transform, "max_pixels", DEFAULT_MAX_PIXELS)) as image:
+        box, flip = transform.box(*image.size, rng)
+        size = transform.size
+        if getattr(transform, "draft", True) and image.format == "JPEG":
+            box = _draft(image, box, size)
+        image.load()
+        return crop_resize(image, box, flip, size)
 
 
 def crop_resize(image: Image.Image, box: Box, flip: bool, size: int) -> torch.Tensor:
@@ -165,17 +149,9 @@ def crop_resize_tensor(pixels: torch.Tensor, box: Box, flip: bool, size: int) ->
 
 def header_box(data: bytes, transform: Transform, rng: np.random.Generator | None) -> tuple[Box, bool]:
     """The box and flip ``transform`` would use, from the header alone (the device-decode path:
-    workers choose boxes, the GPU decodes). Raises :class:`ImageSkip` like :func:`decode_crop`."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
-            check_pixels(*image.size, getattr(transform, "max_pixels", DEFAULT_MAX_PIXELS))
-            return transform.box(*image.size, rng)
-    except ImageSkip:
-        raise
-    except Exception as err:  # noqa: BLE001 - as in decode_crop
-        raise skip_for(err, data) from None
+    workers choose boxes, the GPU decodes). Raises ``ImageSkip`` like :func:`decode_crop`."""
+    with open_untrusted(data, getattr(transform, "max_pixels", DEFAULT_MAX_PIXELS)) as image:
+        return transform.box(*image.size, rng)
 
 
 def _draft(image: Image.Image, box: Box, size: int) -> Box:

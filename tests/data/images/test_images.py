@@ -306,6 +306,43 @@ def test_damaged_bytes_get_named_reasons():
     assert claimed_format(jpeg) == "JPEG" and claimed_format(b"hello") is None
 
 
+def _reason(call) -> str:
+    try:
+        call()
+    except ImageSkip as skip:
+        return skip.reason
+    return OK
+
+
+@pytest.mark.parametrize("data, reason", [
+    (_png_header(60_000, 60_000), TOO_MANY_PIXELS), (b"GIF89a" + b"\x00" * 3, CORRUPT),
+    (b"\xff\xd8\xff garbage", CORRUPT), (b"this is not an image at all", "unsupported_format"),
+    (b"", "unsupported_format"), (_jpeg(64, 64), TOO_MANY_PIXELS),
+], ids=["png-bomb", "gif-stub", "jpeg-garbage", "text", "empty", "jpeg-over-limit"])
+def test_every_decoder_of_untrusted_bytes_applies_the_same_guard(data, reason):
+    """The shard builder, the loader's CPU and device-decode paths and the near-duplicate tools all
+    go through data.images.decode.open_untrusted: the same bytes give the same named skip."""
+    from data.images.near_duplicates import altered_copy
+    from data.loader.gpu_decode import decode_batch
+    from data.loader.transforms import EvalTransform, TrainTransform, header_box
+
+    limit = 64 * 64 - 1
+    rng = np.random.default_rng(0)
+    reasons = {
+        "convert": _reason(lambda: convert(data, ImageSettings(max_pixels=limit))),
+        "train": _reason(lambda: TrainTransform(32, max_pixels=limit)(data, rng)),
+        "eval": _reason(lambda: EvalTransform(32, 40, max_pixels=limit)(data, rng)),
+        "header_box": _reason(lambda: header_box(data, TrainTransform(32, max_pixels=limit), rng)),
+    }
+    if reason != TOO_MANY_PIXELS or not data.startswith(b"\xff\xd8"):
+        # What the device decoder rejects is decoded on the CPU, under the same guard; a valid
+        # JPEG is decoded on the device, its size checked by header_box in the worker beforehand.
+        skips = decode_batch([data], [(0, 0, 8, 8)], [False], 32, "cpu", max_pixels=limit)[2]
+        reasons["device_fallback"] = skips[0].reason if skips else OK
+        reasons["altered_copy"] = _reason(lambda: altered_copy(data, 32, 75))  # the default limit
+    assert set(reasons.values()) == {reason}, reasons
+
+
 def test_never_upscales_and_keeps_the_aspect():
     assert pixels(convert(_jpeg(40, 30)).jpeg).shape == (30, 40, 3)
     result = convert(_jpeg(1000, 500), ImageSettings(short_side=100))
