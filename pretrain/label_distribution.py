@@ -7,13 +7,12 @@ exactly; an image with several carries its other hashtags along, which bends the
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from data.atomic_write import write_bytes
+from data.figure_png import save_figure
 from data.loader.resampling import label_distribution, total_variation
 
 
@@ -50,8 +49,4 @@ def plot_label_distribution(realised: Sequence[int], natural: Sequence[int], q: 
              title=f"sampled label distribution ({int(realised.sum()):,} label occurrences)")
     axes.legend()
     figure.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    path = Path(path)
-    write_bytes(path, buffer.getvalue())
-    return path
+    return save_figure(figure, path, dpi=100)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import io
 import json
 import os
 import platform
@@ -58,6 +57,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data.atomic_write import write_bytes, write_json, write_text  # noqa: E402
 from data.errors import UserError, cli_main  # noqa: E402
+from data.figure_png import save_figure  # noqa: E402
 from pretrain.checkpoint import TRUNK_FILE  # noqa: E402
 from pretrain.config import PretrainConfig, config_from_dict, config_to_dict, load_config  # noqa: E402
 from transfer.config import TransferConfig  # noqa: E402
@@ -632,10 +632,8 @@ def plot(factors: list[Factor], results: list[dict], metric: str, args: argparse
     axes[0][0].legend(fontsize=7, loc="lower left")
     figure.suptitle(f"{args.pretrain_images:,} pretraining images per cell", fontsize=9)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    save_figure(figure, path, dpi=110)
     plt.close(figure)
-    write_bytes(path, buffer.getvalue())
 
 
 def write_outputs(factors: list[Factor], results: list[dict], ab: Ablation, seconds: float) -> list[Path]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.atomic_write import write_bytes, write_json, write_text
+from data.atomic_write import write_json, write_text
+from data.figure_png import save_figure
 from pretrain.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,13 +135,8 @@ def _figure(width: float, height: float, panels: int):
 
 
 def _save(figure, path: Path) -> Path:
-    import io
-
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    write_bytes(path, buffer.getvalue())
-    return path
+    return save_figure(figure, path, dpi=100)
 
 
 def plot_pretraining(run: DemoRun, path: Path) -> Path:

@@ -24,8 +24,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.atomic_write import write_bytes, write_json, write_text
+from data.atomic_write import write_json, write_text
 from data.errors import UserError
+from data.figure_png import save_figure
 from pretrain.engine import Normalizer
 from transfer.datasets import ExactShardSampler, LabelledImages, collate, skip_report
 
@@ -209,10 +210,8 @@ def plot_per_class(result: EvalResult, path: Path, max_confusion: int = 40) -> P
     right.set(xlabel="predicted", ylabel="true", title=f"confusion, row-normalised{subset}")
     fig.colorbar(image, ax=right, fraction=0.046)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    write_bytes(path, buffer.getvalue())
     return path
 
 

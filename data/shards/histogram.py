@@ -1,14 +1,13 @@
 """The label histogram of a shard set: how Zipfian the kept labels are, and which dominate."""
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from data.atomic_write import write_bytes
+from data.figure_png import save_figure
 
 TOP_LABELS = 30
 
@@ -35,10 +34,8 @@ def plot_label_histogram(counts: Sequence[int], tags: Sequence[str], path: str |
     top.set(xlabel="train images", title=f"top {len(head)} labels")
     # Fixed margins: tight_layout measures every tick label and costs seconds on a big vocabulary.
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.45)
-    buffer = io.BytesIO()
     with warnings.catch_warnings():
         # Tags in scripts the default font lacks (CJK, ...) draw as boxes; one warning per glyph
         # would bury the build's summary.
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        figure.savefig(buffer, format="png", dpi=100)
-    write_bytes(path, buffer.getvalue())
+        save_figure(figure, path, dpi=100)

@@ -9,7 +9,6 @@ log-log, with the selected labels highlighted.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from data.atomic_write import write_bytes, write_json
+from data.figure_png import figure_png
 
 if TYPE_CHECKING:  # data.vocab.vocabulary imports this module
     from data.vocab.synsets import SynsetAliases
@@ -107,9 +107,7 @@ class VocabReport:
         ax.grid(True, which="major", alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        out = io.BytesIO()
-        fig.savefig(out, format="png")
-        return out.getvalue()
+        return figure_png(fig, dpi=100)
 
     def summary(self, json_path: str | Path, png_path: str | Path, vocab_path: str | Path) -> str:
         """The few lines scripts/build_vocab.py prints."""
