@@ -35,7 +35,7 @@ class MultiLabelSoftmaxLoss(nn.Module):
     """``-(1/k) * sum_{h in row} log softmax(logits)_h``, averaged over the rows with >= 1 label.
 
     Rows are normalised by their own sum, so 0/1 multi-hot rows and already-normalised 1/k rows
-    (``data.loader.labels.soft_targets``) give the same loss. A row without labels has no target
+    give the same loss. A row without labels has no target
     distribution: it is left out of the mean, and a batch with none labelled gives 0 (with the
     graph still connected, so backward and DDP's gradient all-reduce run as usual).
     """

@@ -3,10 +3,8 @@
 A batch carries each image's label ids as one row of a padded ``LongTensor`` (``-1`` pads the
 rows of images with fewer labels), so a 17k-label vocabulary costs a few integers per image between
 processes instead of a 17k-wide row. The dense target is built where the loss runs, in one scatter:
-
-- :func:`multi_hot_targets`: 1 on each of the image's labels (the per-label sigmoid loss);
-- :func:`soft_targets`: 1/k on each of the image's k labels (the paper's softmax cross-entropy),
-  rows without labels stay all zero.
+:func:`multi_hot_targets`, 1 on each of the image's labels; rows without labels stay all zero. Both
+losses of pretrain/loss.py take it as it is (the softmax loss divides each row by its k labels).
 """
 from __future__ import annotations
 
@@ -40,10 +38,3 @@ def multi_hot_targets(labels: torch.Tensor, num_classes: int,
     # Padding scatters 0 into column 0, which leaves a real label 0 untouched (add, not assign).
     targets.scatter_add_(1, labels.clamp(min=0), present.to(torch.float32))
     return targets.clamp_(max=1.0)
-
-
-def soft_targets(labels: torch.Tensor, num_classes: int,
-                 device: torch.device | str | None = None) -> torch.Tensor:
-    """``N x num_classes`` float32 with 1/k at each of a row's k labels; unlabelled rows are zero."""
-    targets = multi_hot_targets(labels, num_classes, device)
-    return targets / targets.sum(dim=1, keepdim=True).clamp(min=1.0)

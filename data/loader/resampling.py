@@ -161,25 +161,20 @@ class LabelResampler:
 
     ``label_counts`` are the images per label over the data being streamed (info.json
     ``label_counts``) and ``num_images`` the number of images N they were counted over (info.json
-    ``num_samples.train``; :meth:`from_info` reads both). ``num_images`` defaults to Σ n_h, which is
-    N only when every image carries exactly one label; pass it for multi-label data, otherwise the
-    emission rate is off by the mean number of labels per image.
+    ``num_samples.train``). ``num_images`` defaults to Σ n_h, which is N only when every image
+    carries exactly one label; pass it for multi-label data, otherwise the emission rate is off by
+    the mean number of labels per image.
 
     Every input sample is emitted ⌊r⌋ times plus once more with probability r − ⌊r⌋, where
-    r = :meth:`rate` = min(w(I)/mean_w, cap). The first copy is the input dict itself, extra copies
-    are shallow copies (the image bytes are shared). Images with no label carry no hashtag, so the
-    hashtag-then-image draw never picks them: their rate is 0; they are counted in ``skipped``
-    under ``no_label``. A label id outside the counts, or one the counts give 0 images, is an error:
-    the counts then describe other data.
+    r = min(w(I)/mean_w, cap) (:func:`image_weights`, :func:`mean_image_weight`). The first copy is
+    the input dict itself, extra copies are shallow copies (the image bytes are shared). Images with
+    no label carry no hashtag, so the hashtag-then-image draw never picks them: their rate is 0;
+    they are counted in ``skipped`` under ``no_label``. A label id outside the counts, or one the
+    counts give 0 images, is an error: the counts then describe other data.
 
     With q=1 and one label per image (or the same number of labels on every image) the rate is
     exactly 1 and the stage is the identity. Copies leave adjacent: put a shuffle buffer after this
     stage, much larger than the largest rate, so that replicas spread over different batches.
-
-    Counters (per instance, so per worker process): ``seen`` inputs, ``emitted`` outputs,
-    ``realised`` (per label, the emitted samples carrying it) and ``realised_draws`` (per label, the
-    hashtag draws the emitted samples stand for: each copy of I adds n_h^(q−1)/w(I) to every h ∈ I,
-    so that without a cap its expectation is ``emitted · target`` even for multi-label images).
     """
 
     def __init__(self, label_counts: Sequence[int], q: float = 0.5, cap: float | None = None,
@@ -196,42 +191,18 @@ class LabelResampler:
         self.num_images = _check_num_images(num_images, counts)
         self.weights = label_weights(counts, self.q)
         self.mean_weight = mean_image_weight(counts, self.q, self.num_images)
-        self.target = label_distribution(counts, self.q)
         # Plain Python containers: a dict lookup rejects negative ids that list indexing would wrap,
-        # and per-sample float/int arithmetic on them is several times cheaper than on numpy scalars.
+        # and per-sample float arithmetic on them is several times cheaper than on numpy scalars.
         self._weight_of = {label: float(self.weights[label]) for label in np.flatnonzero(counts > 0).tolist()}
-        self._realised = [0] * counts.size
-        self._draws = [0.0] * counts.size
-        self.seen = 0
-        self.emitted = 0
         self.skipped = SkipReport()
         self.reseed(seed)
 
-    @classmethod
-    def from_info(cls, info: Mapping[str, Any], **kwargs: Any) -> "LabelResampler":
-        """A resampler for the train split of a shard directory, from its parsed info.json."""
-        try:
-            counts, images = info["label_counts"], info["num_samples"]["train"]
-        except (KeyError, TypeError):
-            raise UserError("info.json lacks 'label_counts' or 'num_samples.train': rebuild the shards with "
-                            "scripts/build_shards.py") from None
-        return cls(counts, num_images=images, **kwargs)
-
     def reseed(self, seed: int | Sequence[int]) -> None:
-        """Restart the random stream; the loader passes e.g. (seed, rank, worker, epoch). Counters are kept."""
+        """Restart the random stream; the loader passes e.g. (seed, rank, worker, epoch)."""
         # Re-seed in place: a running stream (persistent workers) holds this generator's methods.
         if not hasattr(self, "_rng"):
             self._rng = random.Random()
         self._rng.seed(_seed_int(seed))
-
-    def rate(self, labels: Labels) -> float:
-        """Expected copies of an image with these labels: min(w(I)/mean_w, cap); 0 with no label."""
-        return self._rate(self._weight(labels, "an image"))
-
-    def rates(self, labels_per_image: Iterable[Labels]) -> np.ndarray:
-        """:meth:`rate` for many images at once (e.g. a whole corpus, to get the expected emission)."""
-        rates = _weights_per_image(labels_per_image, self.weights) / self.mean_weight
-        return rates if self.cap is None else np.minimum(rates, self.cap)
 
     def _weight(self, labels: Labels, where: str) -> float:
         total = 0.0
@@ -242,19 +213,14 @@ class LabelResampler:
                 raise _label_error(label, self.weights, where) from None
         return total
 
-    def _rate(self, weight: float) -> float:
-        rate = weight / self.mean_weight
-        return rate if self.cap is None or rate <= self.cap else self.cap
-
     def __call__(self, samples: Iterable[dict]) -> Iterator[dict]:
         """The stream stage: yields each sample ⌊r⌋ times plus once more with probability r − ⌊r⌋."""
         key = self.labels_key
-        weight_of, realised, draws = self._weight_of, self._realised, self._draws
+        weight_of = self._weight_of
         mean_weight = self.mean_weight
         cap = math.inf if self.cap is None else self.cap
         random_ = self._rng.random
         for sample in samples:
-            self.seen += 1
             try:
                 labels = sample[key]
             except (KeyError, TypeError):
@@ -284,14 +250,6 @@ class LabelResampler:
                 copies += 1
             if not copies:
                 continue
-            self.emitted += copies
-            if size == 1:
-                realised[label] += copies
-                draws[label] += copies
-            else:
-                for label in labels:
-                    realised[label] += copies
-                    draws[label] += copies * weight_of[label] / weight
             yield sample
             for _ in range(copies - 1):
                 yield dict(sample)
@@ -299,23 +257,3 @@ class LabelResampler:
     @staticmethod
     def _name(sample: Any) -> str:
         return str(sample.get("__key__", "?")) if isinstance(sample, Mapping) else repr(sample)[:80]
-
-    @property
-    def realised(self) -> np.ndarray:
-        """Per label, how many emitted samples carry it."""
-        return np.asarray(self._realised, dtype=np.int64)
-
-    @property
-    def realised_draws(self) -> np.ndarray:
-        """Per label, the hashtag draws the emitted samples stand for; expectation emitted · target."""
-        return np.asarray(self._draws, dtype=np.float64)
-
-    def realised_tv(self) -> float:
-        """Total-variation distance between the realised hashtag draws and the target (nan before any)."""
-        return total_variation(self._draws, self.target) if self.emitted else math.nan
-
-    def stats(self) -> dict[str, Any]:
-        """Counters as plain JSON-able values, for a worker to hand to the trainer's log."""
-        return {"q": self.q, "cap": self.cap, "seen": self.seen, "emitted": self.emitted,
-                "realised": list(self._realised), "realised_draws": list(self._draws),
-                "realised_tv": self.realised_tv() if self.emitted else None, "skipped": self.skipped.to_dict()}

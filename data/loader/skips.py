@@ -12,7 +12,6 @@ import logging
 import time
 
 from data.loader.shared_counts import SharedCounts
-from data.skip_report import SkipReport
 
 LOG = logging.getLogger("openwsl.data.stream")
 
@@ -88,7 +87,3 @@ class SkipCounter:
     def dropped_labels(self) -> int:
         """Label ids dropped as outside the vocabulary, all workers."""
         return int(self._counts.totals()[_COLUMN[DROPPED_LABEL]])
-
-    def report(self) -> SkipReport:
-        """The totals as the shard builder's report type (no example keys: those stay in the log)."""
-        return SkipReport(max_examples=0, counts=self.counts())

@@ -1,4 +1,7 @@
-"""Statistical and contract tests for hashtag-frequency resampling (data/sampling.py).
+"""Statistical and contract tests for hashtag-frequency resampling (data/loader/resampling.py).
+
+Every claim about the stream is measured on what the stage yields (the copies of each input, their
+labels), against rates computed here from first principles (:func:`expected_rates`).
 
 How the tolerances are derived. The stage emits an input with rate r = ⌊r⌋ + f as ⌊r⌋ copies plus
 one more with probability f, independently per input. An item (a label in a single-label corpus, an
@@ -20,6 +23,7 @@ import io
 import json
 import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -30,8 +34,8 @@ from PIL import Image
 
 from data.atomic_write import write_json
 from data.errors import UserError
-from data.loader.resampling import (LabelResampler, image_weights, label_distribution, label_weights, mean_image_weight,
-                           total_variation)
+from data.loader.resampling import (LabelResampler, image_weights, label_distribution, label_weights,
+                                    mean_image_weight, total_variation)
 
 QS = (1.0, 0.5, 0.0)
 Z_ALPHA = 3.0902  # upper 0.001 quantile of the standard normal
@@ -96,12 +100,64 @@ def as_samples(corpus) -> list[dict]:
     return [{"__key__": f"{i:06d}", "labels": [int(h) for h in labels]} for i, labels in enumerate(corpus)]
 
 
-def stream(resampler: LabelResampler, samples: list[dict], passes: int) -> Counter:
-    """Emissions per key over ``passes`` passes of the corpus through the stage."""
+def expected_rates(corpus, counts: np.ndarray, q: float, cap: float | None = None) -> np.ndarray:
+    """r(I) = min(w(I) / mean_w, cap) from first principles (docs/sampling.md), independent of the
+    module: w(I) = Σ_{h∈I} n_h^(q−1), mean_w its mean over the images (unlabelled ones included)."""
+    weights = np.array([sum(float(counts[h]) ** (q - 1) for h in labels) for labels in corpus])
+    rates = weights / weights.mean()
+    return rates if cap is None else np.minimum(rates, cap)
+
+
+def label_rates(corpus: np.ndarray, rates: np.ndarray, labels: int) -> np.ndarray:
+    """Per label, the rate of the images carrying it, in a single-label corpus (0 for an unused label)."""
+    per_label = np.zeros(labels)
+    per_label[corpus] = rates
+    return per_label
+
+
+@dataclass
+class Emitted:
+    """What the stage yielded over ``passes`` passes of a corpus: the copies of each image and the
+    number of inputs it consumed."""
+
+    copies: np.ndarray  # per image of the corpus
+    inputs: int
+
+    @property
+    def total(self) -> int:
+        return int(self.copies.sum())
+
+    def label_counts(self, corpus, num_labels: int) -> np.ndarray:
+        """Per label, the emitted samples carrying it."""
+        counts = np.zeros(num_labels, dtype=np.int64)
+        for labels, n in zip(corpus, self.copies):
+            counts[list(labels)] += n
+        return counts
+
+    def draws(self, corpus, counts: np.ndarray, q: float) -> np.ndarray:
+        """Per label, the hashtag draws the emitted samples stand for: each copy of I adds
+        n_h^(q−1)/w(I) to every h ∈ I (its expectation is emitted · p_h without a cap)."""
+        draws = np.zeros(counts.size)
+        for labels, n in zip(corpus, self.copies):
+            if n and len(labels):
+                share = np.asarray(counts[list(labels)], dtype=np.float64) ** (q - 1)
+                draws[list(labels)] += n * share / share.sum()
+        return draws
+
+
+def stream(resampler: LabelResampler, samples: list[dict], passes: int) -> Emitted:
+    """Run ``passes`` passes of ``samples`` through the stage and count what it yields, by key."""
+    inputs = 0
+
     def source() -> Iterator[dict]:
+        nonlocal inputs
         for _ in range(passes):
-            yield from samples
-    return Counter(sample["__key__"] for sample in resampler(source()))
+            for sample in samples:
+                inputs += 1
+                yield sample
+
+    emitted = Counter(sample["__key__"] for sample in resampler(source()))
+    return Emitted(np.array([emitted[s["__key__"]] for s in samples], dtype=np.int64), inputs)
 
 
 # --- the math, from the label counts alone ---------------------------------------------------------
@@ -123,12 +179,12 @@ def test_rates_reproduce_the_target_and_average_one(q: float) -> None:
     """Expected emissions per label, n_h·r_h, are exactly N·p_h: the hashtag-then-image draw."""
     corpus = zipf_labels(40, 3000, seed=2)
     counts = np.bincount(corpus, minlength=40)
-    resampler = LabelResampler(counts, q=q)
-    rates = resampler.rates(corpus[:, None])
+    rates = expected_rates(corpus[:, None], counts, q)
+    np.testing.assert_allclose(image_weights(corpus[:, None], counts, q) / mean_image_weight(counts, q), rates,
+                               rtol=1e-12)
     assert rates.mean() == pytest.approx(1, rel=1e-12)
     per_label = np.bincount(corpus, weights=rates, minlength=40)
     np.testing.assert_allclose(per_label / corpus.size, label_distribution(counts, q), rtol=1e-10)
-    assert [resampler.rate([h]) for h in range(40)] == [rates[np.argmax(corpus == h)] for h in range(40)]
 
 
 # --- the stream realises the rates -----------------------------------------------------------------
@@ -138,20 +194,20 @@ def test_single_label_stream_matches_target(q: float) -> None:
     labels, images, passes = 50, 4000, 25
     corpus = zipf_labels(labels, images, seed=3)
     counts = np.bincount(corpus, minlength=labels)
-    resampler = LabelResampler(counts, q=q, seed=11)
-    stream(resampler, as_samples(corpus[:, None]), passes)
-    assert resampler.seen == images * passes
-    rates = np.array([resampler.rate([h]) for h in range(labels)])
-    assert_binomial_emissions(resampler.realised, passes * counts, rates)
-    np.testing.assert_allclose(resampler.realised_draws, resampler.realised)
-    # Total emissions: mean exactly seen (rate 1 on average), variance Σ m·f(1−f).
+    emitted = stream(LabelResampler(counts, q=q, seed=11), as_samples(corpus[:, None]), passes)
+    assert emitted.inputs == images * passes
+    rates = label_rates(corpus, expected_rates(corpus[:, None], counts, q), labels)
+    realised = emitted.label_counts(corpus[:, None], labels)
+    assert_binomial_emissions(realised, passes * counts, rates)
+    # Total emissions: mean exactly the inputs (rate 1 on average), variance Σ m·f(1−f).
     frac = rates - np.floor(rates)
     sd = math.sqrt(float(np.sum(passes * counts * frac * (1 - frac))))
-    assert abs(resampler.emitted - images * passes) <= Z_SUM * sd + 1e-9
+    assert abs(emitted.total - images * passes) <= Z_SUM * sd + 1e-9
     # The realised distribution is far closer to the target than pure multinomial noise would be
     # (E TV ≈ ½ Σ sqrt(2 p_h / (π M)) for M draws); the chi-square above is the sharp check.
-    noise = 0.5 * np.sum(np.sqrt(2 * resampler.target / (math.pi * resampler.emitted)))
-    assert resampler.realised_tv() < noise
+    target = label_distribution(counts, q)
+    noise = 0.5 * np.sum(np.sqrt(2 * target / (math.pi * emitted.total)))
+    assert total_variation(realised, target) < noise
 
 
 @pytest.mark.parametrize("q", QS)
@@ -159,25 +215,15 @@ def test_multi_label_images_emitted_in_proportion_to_weight(q: float) -> None:
     corpus = multi_label_corpus(10, 60, seed=4)
     counts = np.bincount(np.concatenate(corpus), minlength=10)
     passes = 3000
-    resampler = LabelResampler(counts, q=q, seed=12, num_images=len(corpus))
-    emitted = stream(resampler, as_samples(corpus), passes)
-    observed = np.array([emitted[f"{i:06d}"] for i in range(len(corpus))])
-    weights = image_weights(corpus, counts, q)
-    rates = resampler.rates(corpus)
-    np.testing.assert_allclose(rates, weights / weights.mean(), rtol=1e-12)
-    np.testing.assert_allclose(rates, [resampler.rate(labels) for labels in corpus], rtol=1e-12)
-    assert_binomial_emissions(observed, np.full(len(corpus), passes), rates)
+    emitted = stream(LabelResampler(counts, q=q, seed=12, num_images=len(corpus)), as_samples(corpus), passes)
+    rates = expected_rates(corpus, counts, q)
+    assert_binomial_emissions(emitted.copies, np.full(len(corpus), passes), rates)
     # Hashtag draws: E = passes·N·p_h exactly; each image adds share n_h^(q−1)/w(I) per copy.
-    share = np.zeros((len(corpus), 10))
-    for i, labels in enumerate(corpus):
-        share[i, labels] = label_weights(counts, q)[labels] / weights[i]
-    expected = passes * len(corpus) * resampler.target
-    np.testing.assert_allclose(share.T @ (passes * rates), expected, rtol=1e-10)
-    deviation = np.abs(resampler.realised_draws - expected)
+    expected = passes * len(corpus) * label_distribution(counts, q)
+    np.testing.assert_allclose(Emitted(passes * rates, 0).draws(corpus, counts, q), expected, rtol=1e-10)
+    deviation = np.abs(emitted.draws(corpus, counts, q) - expected)
     sd = draw_sd(corpus, counts, q, rates, passes)
     assert np.all(deviation <= Z_SUM * sd + 1e-6), (deviation, sd)
-    np.testing.assert_array_equal(resampler.realised, np.bincount(
-        np.concatenate([labels * int(n) for labels, n in zip(corpus, observed)]), minlength=10))
 
 
 def test_real_flickr_tag_distribution(shared_data: Path) -> None:
@@ -188,16 +234,18 @@ def test_real_flickr_tag_distribution(shared_data: Path) -> None:
     vocabulary = {tag: i for i, tag in enumerate(sorted({t for tags in tag_sets for t in tags}))}
     corpus = [[vocabulary[t] for t in tags] for tags in tag_sets]
     counts = np.bincount(np.concatenate([c for c in corpus if c]), minlength=len(vocabulary))
+    rates = expected_rates(corpus, counts, 0.5)  # the untagged photos count in the mean, at rate 0
     resampler = LabelResampler(counts, q=0.5, seed=5, num_images=len(corpus))
-    assert resampler.rates(corpus).mean() == pytest.approx(1, rel=1e-12)  # incl. the untagged photos
     passes = 6
-    stream(resampler, as_samples(corpus), passes)
+    emitted = stream(resampler, as_samples(corpus), passes)
     assert resampler.skipped.counts["no_label"] == passes * sum(1 for c in corpus if not c)
+    assert not any(n for labels, n in zip(corpus, emitted.copies) if not labels)
     # Over the 100 most frequent tags (the rest see too few copies for a normal approximation):
     # hashtag draws within z·sd of passes·N·p_h, sd from the per-photo Bernoulli variances.
     top = np.argsort(-counts)[:100]
-    sd = draw_sd(corpus, counts, 0.5, resampler.rates(corpus), passes)[top]
-    deviation = np.abs(resampler.realised_draws - passes * len(corpus) * resampler.target)[top]
+    sd = draw_sd(corpus, counts, 0.5, rates, passes)[top]
+    expected = passes * len(corpus) * label_distribution(counts, 0.5)
+    deviation = np.abs(emitted.draws(corpus, counts, 0.5) - expected)[top]
     assert np.all(deviation <= Z_SUM * sd), deviation / sd
 
 
@@ -209,7 +257,6 @@ def test_q1_is_exactly_the_identity() -> None:
     resampler = LabelResampler(np.bincount(corpus, minlength=30), q=1, seed=3)
     out = list(resampler(samples))
     assert len(out) == len(samples) and all(a is b for a, b in zip(out, samples))
-    assert set(resampler.rates(corpus[:, None]).tolist()) == {1.0}
     # Same number of labels on every image: still the identity, given the number of images.
     triples = [[(i + j) % 7 for j in range(3)] for i in range(70)]
     triple_counts = np.bincount(np.concatenate(triples), minlength=7)
@@ -220,8 +267,10 @@ def test_q1_is_exactly_the_identity() -> None:
 def test_q1_multi_label_weights_images_by_label_count() -> None:
     """Documented: the hashtag-then-image draw at q=1 favours images with more labels, w(I) = |I|."""
     corpus = [[0], [0, 1], [0, 1, 2], [1]]
-    resampler = LabelResampler(np.bincount(np.concatenate(corpus)), q=1, num_images=4)
-    assert resampler.rates(corpus).tolist() == pytest.approx([1 / 1.75, 2 / 1.75, 3 / 1.75, 1 / 1.75])
+    passes = 4000
+    emitted = stream(LabelResampler(np.bincount(np.concatenate(corpus)), q=1, num_images=4, seed=13),
+                     as_samples(corpus), passes)
+    assert_binomial_emissions(emitted.copies, np.full(4, passes), np.array([1, 2, 3, 1]) / 1.75)
 
 
 @pytest.mark.parametrize("cap", [3.0, 2.5])
@@ -230,27 +279,25 @@ def test_cap_bounds_copies_and_matches_the_formula(cap: float) -> None:
     corpus = zipf_labels(labels, images, seed=3)
     counts = np.bincount(corpus, minlength=labels)
     samples = as_samples(corpus[:, None])
-    uncapped = LabelResampler(counts, q=0.0).rates(corpus[:, None])
+    uncapped = label_rates(corpus, expected_rates(corpus[:, None], counts, 0.0), labels)
     assert uncapped.max() > cap + 1  # the cap binds on the rarest labels
     one_pass = stream(LabelResampler(counts, q=0.0, cap=cap, seed=8), samples, 1)
-    assert max(one_pass.values()) <= math.ceil(cap)
-    resampler = LabelResampler(counts, q=0.0, cap=cap, seed=9)
-    stream(resampler, samples, passes)
-    rates = np.array([resampler.rate([h]) for h in range(labels)])
-    label_rates = np.array([LabelResampler(counts, q=0.0).rate([h]) for h in range(labels)])
-    np.testing.assert_allclose(rates, np.minimum(label_rates, cap))
-    assert_binomial_emissions(resampler.realised, passes * counts, rates)
+    assert one_pass.copies.max() <= math.ceil(cap)
+    emitted = stream(LabelResampler(counts, q=0.0, cap=cap, seed=9), samples, passes)
+    rates = np.minimum(uncapped, cap)
+    realised = emitted.label_counts(corpus[:, None], labels)
+    assert_binomial_emissions(realised, passes * counts, rates)
     # docs/sampling.md: emission rate E = (1/N) Σ_h n_h·min(r_h, cap) < 1, and the realised
     # distribution p^cap_h ∝ n_h·min(r_h, cap) instead of the target.
     rate = float(np.sum(counts * rates)) / images
-    assert rate == pytest.approx(resampler.rates(corpus[:, None]).mean()) and rate < 1
+    assert rate == pytest.approx(expected_rates(corpus[:, None], counts, 0.0, cap).mean()) and rate < 1
     frac = rates - np.floor(rates)
     sd = math.sqrt(float(np.sum(passes * counts * frac * (1 - frac))))
-    assert abs(resampler.emitted - rate * images * passes) <= Z_SUM * sd
+    assert abs(emitted.total - rate * images * passes) <= Z_SUM * sd
     capped_target = counts * rates
-    bias = total_variation(capped_target, resampler.target)
+    bias = total_variation(capped_target, label_distribution(counts, 0.0))
     assert bias > 0.01
-    assert total_variation(resampler.realised, capped_target) < bias / 5
+    assert total_variation(realised, capped_target) < bias / 5
 
 
 # --- determinism ---------------------------------------------------------------------------------------
@@ -308,10 +355,12 @@ def test_stage_in_webdataset_pipeline_skips_decode_of_rejected(tmp_path: Path) -
     write_json(tmp_path / "info.json", {"label_counts": counts.tolist(),
                                         "num_samples": {"train": 40, "val": 0, "total": 40}})
     info = json.loads((tmp_path / "info.json").read_text())
-    resampler = LabelResampler.from_info(info, q=0.0, seed=2)
+    resampler = LabelResampler(info["label_counts"], q=0.0, seed=2, num_images=info["num_samples"]["train"])
+    parsed: list[str] = []
     decoded: list[str] = []
 
     def parse(sample: dict) -> dict:
+        parsed.append(sample["__key__"])
         return {**sample, "labels": json.loads(sample["json"])["labels"]}
 
     def decode(sample: dict) -> dict:
@@ -323,11 +372,10 @@ def test_stage_in_webdataset_pipeline_skips_decode_of_rejected(tmp_path: Path) -
     pipeline = wds.DataPipeline(wds.SimpleShardList(str(tar)), wds.tarfile_to_samples(), wds.map(parse),
                                 resampler, wds.map(decode))
     out = list(pipeline)
-    assert resampler.seen == 40 and len(out) == len(decoded) == resampler.emitted
+    assert len(parsed) == 40 and len(out) == len(decoded) > 0
     assert resampler.skipped.counts == {"no_label": 1} and resampler.skipped.examples["no_label"] == ["s003"]
     assert 0 < len(set(decoded)) < 39  # rare labels replicated, common ones thinned
     assert all(o["image"].shape == (24, 32, 3) and o["labels"] == [corpus[int(o["__key__"][1:])]] for o in out)
-    assert json.loads(json.dumps(resampler.stats()))["emitted"] == len(out)
 
 
 # --- bad input -----------------------------------------------------------------------------------------
@@ -362,8 +410,8 @@ def test_bad_settings_are_rejected(kwargs, message) -> None:
 
 def test_bad_labels_name_the_sample_and_the_label() -> None:
     resampler = LabelResampler([5, 3, 0], q=0.5)
-    with pytest.raises(UserError, match=r"label 3, not a label id in \[0, 3\)"):
-        resampler.rate([0, 3])
+    with pytest.raises(UserError, match=r"sample k0 carries label 3, not a label id in \[0, 3\)"):
+        list(resampler([{"__key__": "k0", "labels": [0, 3]}]))
     with pytest.raises(UserError, match=r"label -1, not a label id"):  # not wrapped round to the last label
         list(resampler([{"__key__": "k1", "labels": [-1]}]))
     with pytest.raises(UserError, match=r"sample k2 carries label 2, which label_counts say no image carries"):
@@ -374,15 +422,12 @@ def test_bad_labels_name_the_sample_and_the_label() -> None:
         list(resampler([{"__key__": "k4", "labels": 7}]))
     with pytest.raises(UserError, match=r"image 1 carries label 9"):
         image_weights([[0], [9]], [5, 3, 0], 0.5)
-    with pytest.raises(UserError, match="num_samples.train"):
-        LabelResampler.from_info({"label_counts": [5, 3]})
 
 
-def test_unlabelled_images_have_rate_zero_and_are_counted() -> None:
+def test_unlabelled_images_are_never_emitted_and_are_counted() -> None:
     resampler = LabelResampler([2, 1], q=0.0, num_images=4)
-    assert resampler.rate([]) == 0
     samples = [{"__key__": key, "labels": labels} for key, labels in [("a", [0]), ("b", []), ("c", [0]),
                                                                        ("d", [1])]]
-    out = list(resampler(samples))
-    assert "b" not in {s["__key__"] for s in out}
-    assert resampler.skipped.counts == {"no_label": 1} and resampler.seen == 4
+    out = [s["__key__"] for _ in range(50) for s in resampler(samples)]
+    assert "b" not in out and set(out) == {"a", "c", "d"}
+    assert resampler.skipped.counts == {"no_label": 50} and resampler.skipped.examples["no_label"][0] == "b"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from torchvision.transforms import CenterCrop, Compose, RandomResizedCrop, Resiz
 
 from data.loader.gpu_decode import decode_batch
 from data.images.decode import ImageSkip
-from data.loader.labels import multi_hot_targets, pack_labels, soft_targets
+from data.loader.labels import multi_hot_targets, pack_labels
 from data.loader.transforms import (EvalTransform, TrainTransform, _draft, centre_crop_box, header_box,
                              random_resized_crop_box)
 from tests.shard_factory import photo_like
@@ -189,21 +188,14 @@ def test_pack_labels_pads_with_minus_one_and_dedups():
     assert pack_labels([[], []]).shape == (2, 1)
 
 
-def test_soft_targets_rows_sum_to_one_over_labelled_rows():
+def test_multi_hot_targets_mark_each_label_and_leave_unlabelled_rows_zero():
     rng = np.random.default_rng(9)
     rows = [sorted(set(rng.integers(0, 50, rng.integers(0, 6)).tolist())) for _ in range(300)]
     rows[0] = [0]  # label 0 next to padding, which also scatters into column 0
-    targets = soft_targets(pack_labels(rows), 50, "cpu")
-    sums = targets.sum(dim=1)
-    labelled = torch.tensor([len(r) > 0 for r in rows])
-    assert torch.allclose(sums[labelled], torch.ones(int(labelled.sum())))
-    assert torch.equal(sums[~labelled], torch.zeros(int((~labelled).sum())))
     expected = torch.zeros(300, 50)
     for i, row in enumerate(rows):
-        for label in row:
-            expected[i, label] = 1 / len(row)
-    assert torch.allclose(targets, expected)
-    assert torch.equal(multi_hot_targets(pack_labels(rows), 50), (expected > 0).float())
+        expected[i, row] = 1.0
+    targets = multi_hot_targets(pack_labels(rows), 50, "cpu")
+    assert targets.dtype == torch.float32 and torch.equal(targets, expected)
     with pytest.raises(ValueError):
         multi_hot_targets(pack_labels([[50]]), 50)
-    assert math.isclose(float(soft_targets(pack_labels([[1, 2]]), 3)[0, 1]), 0.5)
