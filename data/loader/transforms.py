@@ -9,8 +9,9 @@ Both choose their box from the image *header* before any pixel is decoded, which
   has at least the output size in pixels at that scale; the box is then cropped and resized in one
   call (torchvision's uint8 bilinear kernel, antialiased). The result equals
   decode-then-crop-then-resize up to the difference between libjpeg's DCT downscale and a bilinear
-  downscale: on real photos tests/test_transforms.py measures a mean absolute difference below 3
-  grey levels (of 255) at 56 px output and below 0.5 at 224 px, where the draft rarely applies.
+  downscale: on real photos tests/data/loader/test_transforms.py measures a mean absolute difference
+  below 3 grey levels (of 255) at 56 px output and below 0.5 at 224 px, where the draft rarely
+  applies.
 
 No float conversion and no normalisation: uint8 leaves the worker (4x less to copy between
 processes), and the trainer normalises on its device. Images in openwsl shards are upright RGB

@@ -1,4 +1,4 @@
-"""Safe image decoding (data/images.py) on real edge-case files and on bytes made here.
+"""Safe image decoding (data/images/decode.py) on real edge-case files and on bytes made here.
 
 Every file of ../shared/data/image_edge_cases has its expected outcome listed below (converted, or
 skipped with a named reason), so a change in behaviour shows up as a failure naming the file.

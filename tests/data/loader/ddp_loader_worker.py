@@ -1,4 +1,4 @@
-"""One rank of the torchrun test (tests/test_loader_ddp.py): gloo on CPU, 2 DataLoader workers.
+"""One rank of the torchrun test (tests/data/loader/test_pipeline_ddp.py): gloo on CPU, 2 DataLoader workers.
 
 Train: two epochs over uneven shards, with an all-reduce after every batch as DDP's gradient sync
 does; a rank with fewer batches would leave the others waiting in that all-reduce (the test's

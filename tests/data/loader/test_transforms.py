@@ -1,4 +1,4 @@
-"""Transforms on encoded bytes, label packing and on-device targets, on real and test-made JPEGs."""
+"""Transforms on encoded bytes (data/loader/transforms.py), on real and test-made JPEGs."""
 from __future__ import annotations
 
 import io
@@ -9,11 +9,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import CenterCrop, Compose, RandomResizedCrop, Resize
 
-from data.loader.gpu_decode import decode_batch
 from data.images.decode import ImageSkip
-from data.loader.labels import multi_hot_targets, pack_labels
-from data.loader.transforms import (EvalTransform, TrainTransform, _draft, centre_crop_box, header_box,
-                             random_resized_crop_box)
+from data.loader.transforms import (EvalTransform, TrainTransform, _draft, centre_crop_box,
+                                     random_resized_crop_box)
 from tests.shard_factory import photo_like
 
 
@@ -156,46 +154,3 @@ def test_every_edge_case_image_gives_pixels_or_a_named_skip(shared_data):
     for bomb in BOMBS:
         if (folder / bomb).exists():
             assert reasons[bomb] == "too_many_pixels", bomb
-
-
-def test_device_decode_path_matches_cpu_path():
-    """The GPU path's code, run with device='cpu': same boxes, close pixels, bad images dropped."""
-    rng = np.random.default_rng(6)
-    transform = TrainTransform(40)
-    jpegs = [photo_like(rng, 120, 90) for _ in range(5)]
-    png = io.BytesIO()
-    Image.open(io.BytesIO(jpegs[0])).save(png, "PNG")
-    jpegs += [png.getvalue(), b"\xff\xd8\xff garbage"]
-    boxes, flips = [], []
-    for data in jpegs[:-1]:
-        box, flip = header_box(data, transform, np.random.default_rng(len(boxes)))
-        boxes.append(box)
-        flips.append(flip)
-    boxes.append((0, 0, 10, 10))
-    flips.append(False)
-    images, kept, skips = decode_batch(jpegs, boxes, flips, 40, "cpu")
-    assert kept == [0, 1, 2, 3, 4, 5] and [s.reason for s in skips] == ["corrupt"]
-    assert images.shape == (6, 3, 40, 40) and images.dtype == torch.uint8
-    full_decode = TrainTransform(40, draft=False)  # the device decodes at full scale
-    for i in range(6):
-        cpu = full_decode(jpegs[i], np.random.default_rng(i))
-        assert _mad(images[i], cpu) < 1.0
-
-
-def test_pack_labels_pads_with_minus_one_and_dedups():
-    packed = pack_labels([[3, 1, 3], [], [0]])
-    assert packed.tolist() == [[1, 3], [-1, -1], [0, -1]] and packed.dtype == torch.long
-    assert pack_labels([[], []]).shape == (2, 1)
-
-
-def test_multi_hot_targets_mark_each_label_and_leave_unlabelled_rows_zero():
-    rng = np.random.default_rng(9)
-    rows = [sorted(set(rng.integers(0, 50, rng.integers(0, 6)).tolist())) for _ in range(300)]
-    rows[0] = [0]  # label 0 next to padding, which also scatters into column 0
-    expected = torch.zeros(300, 50)
-    for i, row in enumerate(rows):
-        expected[i, row] = 1.0
-    targets = multi_hot_targets(pack_labels(rows), 50, "cpu")
-    assert targets.dtype == torch.float32 and torch.equal(targets, expected)
-    with pytest.raises(ValueError):
-        multi_hot_targets(pack_labels([[50]]), 50)

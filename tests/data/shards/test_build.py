@@ -22,14 +22,13 @@ import webdataset as wds
 from PIL import Image
 
 from data.corpus import open_corpus
-from data.corpus.record import CorpusReader, Record, RecordBatch
+from data.corpus.record import CorpusReader, RecordBatch
 from data.errors import UserError
-from data.images.sources import FileImage, ImageResolver, url_md5
+from data.images.sources import url_md5
 from data.images.decode import ImageSettings
-from data.shards.plan import split_of, tar_safe_key
+from data.shards.plan import tar_safe_key
 from data.shards.build import BuildConfig, build_shards, finalize
 from data.shards.tar_writer import write_tar
-from data.tar_member import TarMember
 from data.vocab.vocabulary import Label, Vocabulary
 from tests.shard_factory import photo_like
 
@@ -167,23 +166,6 @@ def test_same_bytes_whatever_the_worker_count(built, tmp_path):
     assert tree_bytes(tmp_path / "two-workers") == tree_bytes(out)
 
 
-def test_val_split_is_a_stable_fraction_of_keys():
-    keys = [f"photo{i}" for i in range(20_000)]
-    share = sum(split_of(k, 0.2) == "val" for k in keys) / len(keys)
-    assert abs(share - 0.2) < 0.015  # binomial sd 0.0028: more than 5 sd
-    assert [split_of(k, 0.2) for k in keys[:100]] == [split_of(k, 0.2) for k in keys[:100]]
-    assert all(split_of(k, 0.0) == "train" for k in keys[:1000])
-
-
-def test_sample_keys_are_tar_safe_stable_and_unique():
-    assert tar_safe_key("12345") == "12345" and tar_safe_key("a_b-C") == "a_b-C"
-    odd = ["a.b", "a/b", "a_b.", "../etc/passwd", "ünïcode", "x" * 300, ".", "a b"]
-    keys = [tar_safe_key(k) for k in odd]
-    assert len(set(keys)) == len(keys)
-    assert all(len(k) <= 93 and "." not in k and "/" not in k and k for k in keys)
-    assert keys == [tar_safe_key(k) for k in odd]
-
-
 def test_resume_keeps_complete_shards_and_rebuilds_damaged_ones(tmp_path):
     make_corpus(tmp_path)
     config, fresh = build(tmp_path)
@@ -277,40 +259,6 @@ def test_bad_arguments_fail_with_one_line(tmp_path, change, message):
 
 # --- where images come from ------------------------------------------------------------------------
 
-def _record(key: str, image=None, **meta) -> Record:
-    return Record(key=key, tags=["cat"], image=image, meta=meta)
-
-
-def test_mirror_layout_by_url_md5_then_row_hash(tmp_path):
-    url = "http://farm1.staticflickr.com/1/588715640_40971fc6fa.jpg"
-    digest = url_md5(url)
-    images = tmp_path / "mirror" / "data" / "images"
-    (images / digest[:3] / digest[3:6]).mkdir(parents=True)
-    (images / digest[:3] / digest[3:6] / f"{digest}.jpg").write_bytes(b"x")
-    unpadded = "5f2a9e1c0b7d3a4f8e6c2b1a0d9f8e7"  # 31 hex digits, as some converters write it
-    (images / unpadded[:3] / unpadded[3:6]).mkdir(parents=True)
-    (images / unpadded[:3] / unpadded[3:6] / f"{unpadded}.jpg").write_bytes(b"y")
-    for location in (tmp_path / "mirror", images):
-        resolver = ImageResolver(location)
-        assert resolver.describe()["layout"] == "yfcc100m-mirror"
-        assert resolver.resolve(_record("1", url, download_url=url)) == FileImage(
-            str(images / digest[:3] / digest[3:6] / f"{digest}.jpg"))
-        other = "http://farm1.staticflickr.com/2/other.jpg"
-        assert resolver.resolve(_record("2", other, hash=unpadded)) == FileImage(
-            str(images / unpadded[:3] / unpadded[3:6] / f"{unpadded}.jpg"))
-        assert resolver.resolve(_record("3", other, hash="0")) is None
-
-
-def test_flat_folder_by_key_then_url_file_name(tmp_path):
-    (tmp_path / "k1.png").write_bytes(b"x")
-    (tmp_path / "588715640_40971fc6fa.jpg").write_bytes(b"y")
-    resolver = ImageResolver(tmp_path)
-    assert resolver.resolve(_record("k1")) == FileImage(str(tmp_path / "k1.png"))
-    url = "http://farm1.staticflickr.com/1/588715640_40971fc6fa.jpg"
-    assert resolver.resolve(_record("99", url)) == FileImage(str(tmp_path / "588715640_40971fc6fa.jpg"))
-    assert resolver.resolve(_record("k2")) is None
-
-
 def test_img2dataset_shards_are_read_in_place(tmp_path):
     rng = np.random.default_rng(1)
     members = []
@@ -322,13 +270,6 @@ def test_img2dataset_shards_are_read_in_place(tmp_path):
     # A hostile member name is only ever a key: nothing is written outside the output folder.
     members.append(("../escape.jpg", photo_like(rng, 64, 48)))
     write_tar(tmp_path / "00000.tar", members)
-    index_resolver = ImageResolver(tmp_path / "00000.tar")
-    found = index_resolver.resolve(_record("zz", "http://x/3.jpg"))
-    assert (found.tar, found.member) == (str(tmp_path / "00000.tar"), "000000003.jpg")
-    with tarfile.open(found.tar) as archive:
-        assert found.read() == archive.extractfile("000000003.jpg").read()
-    carried = TarMember("t.tar", "a.jpg", 512, 10)
-    assert ImageResolver(None).resolve(_record("k", carried)) is carried
     Vocabulary([Label(i, w, 1) for i, w in enumerate(WORDS)]).save(tmp_path / "vocab.json")
     config = BuildConfig(tmp_path / "out", tmp_path / "vocab.json", None, shard_size=4, val_fraction=0.0)
     result = build_shards(open_corpus("img2dataset", tmp_path / "00000.tar"), config)

@@ -1,0 +1,79 @@
+"""Where a record's image lives (data/images/sources.py): a YFCC100M mirror, a flat folder, img2dataset
+tars indexed by key and url, or the record itself; and reading the bytes, a missing one counted."""
+from __future__ import annotations
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from data.corpus.record import Record
+from data.images.sources import FileImage, ImageResolver, InlineImage, MissingImage, read_image, url_md5
+from data.shards.tar_writer import write_tar
+from data.tar_member import TarMember
+from tests.shard_factory import photo_like
+
+
+def _record(key: str, image=None, **meta) -> Record:
+    return Record(key=key, tags=["cat"], image=image, meta=meta)
+
+
+def test_mirror_layout_by_url_md5_then_row_hash(tmp_path):
+    url = "http://farm1.staticflickr.com/1/588715640_40971fc6fa.jpg"
+    digest = url_md5(url)
+    images = tmp_path / "mirror" / "data" / "images"
+    (images / digest[:3] / digest[3:6]).mkdir(parents=True)
+    (images / digest[:3] / digest[3:6] / f"{digest}.jpg").write_bytes(b"x")
+    unpadded = "5f2a9e1c0b7d3a4f8e6c2b1a0d9f8e7"  # 31 hex digits, as some converters write it
+    (images / unpadded[:3] / unpadded[3:6]).mkdir(parents=True)
+    (images / unpadded[:3] / unpadded[3:6] / f"{unpadded}.jpg").write_bytes(b"y")
+    for location in (tmp_path / "mirror", images):
+        resolver = ImageResolver(location)
+        assert resolver.describe()["layout"] == "yfcc100m-mirror"
+        assert resolver.resolve(_record("1", url, download_url=url)) == FileImage(
+            str(images / digest[:3] / digest[3:6] / f"{digest}.jpg"))
+        other = "http://farm1.staticflickr.com/2/other.jpg"
+        assert resolver.resolve(_record("2", other, hash=unpadded)) == FileImage(
+            str(images / unpadded[:3] / unpadded[3:6] / f"{unpadded}.jpg"))
+        assert resolver.resolve(_record("3", other, hash="0")) is None
+
+
+def test_flat_folder_by_key_then_url_file_name(tmp_path):
+    (tmp_path / "k1.png").write_bytes(b"x")
+    (tmp_path / "588715640_40971fc6fa.jpg").write_bytes(b"y")
+    resolver = ImageResolver(tmp_path)
+    assert resolver.resolve(_record("k1")) == FileImage(str(tmp_path / "k1.png"))
+    url = "http://farm1.staticflickr.com/1/588715640_40971fc6fa.jpg"
+    assert resolver.resolve(_record("99", url)) == FileImage(str(tmp_path / "588715640_40971fc6fa.jpg"))
+    assert resolver.resolve(_record("k2")) is None
+
+
+def test_img2dataset_tars_indexed_by_key_and_url(tmp_path):
+    rng = np.random.default_rng(1)
+    members = []
+    for i in range(6):
+        key = f"{i:09d}"
+        members.append((f"{key}.jpg", photo_like(rng, 64, 48)))
+        members.append((f"{key}.json", json.dumps({"key": key, "url": f"http://x/{i}.jpg"}).encode()))
+    write_tar(tmp_path / "00000.tar", members)
+    resolver = ImageResolver(tmp_path / "00000.tar")
+    assert resolver.describe()["layout"] == "img2dataset"
+    by_url = resolver.resolve(_record("zz", "http://x/3.jpg"))
+    assert (by_url.tar, by_url.member) == (str(tmp_path / "00000.tar"), "000000003.jpg")
+    assert resolver.resolve(_record("000000003")) == by_url
+    with tarfile.open(by_url.tar) as archive:
+        assert read_image(by_url) == archive.extractfile("000000003.jpg").read()
+    carried = TarMember("t.tar", "a.jpg", 512, 10)
+    assert ImageResolver(None).resolve(_record("k", carried)) is carried
+
+
+def test_unreadable_images_are_missing_not_errors(tmp_path):
+    assert read_image(InlineImage(b"bytes")) == b"bytes"
+    with pytest.raises(MissingImage, match="gone.jpg"):
+        read_image(FileImage(str(tmp_path / "gone.jpg")))
+    with pytest.raises(MissingImage, match="gone.tar"):
+        read_image(TarMember(str(tmp_path / "gone.tar"), "a.jpg", 512, 10))
+    write_tar(tmp_path / "short.tar", [("a.jpg", b"0123456789")])
+    with pytest.raises(MissingImage, match="cut short"):
+        read_image(TarMember(str(tmp_path / "short.tar"), "a.jpg", 512, 10_000))
