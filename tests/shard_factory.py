@@ -1,7 +1,7 @@
 """Small real shard directories for loader tests: real JPEG bytes, real tars, an info.json.
 
 The tars are written with data.shards.tar_writer (what the shard builder uses), the info.json with the
-fields data/shards.py writes that the loader reads (shards per split with sample counts,
+fields data/shards/build.py writes that the loader reads (shards per split with sample counts,
 num_samples, label_counts, vocab.num_labels). Images are smooth random colour fields with noise,
 so JPEG coding and DCT-domain downscaling behave as on photos.
 """
@@ -67,6 +67,17 @@ def write_shard_dir(root: Path, shards: Sequence[Sequence[Sample]], num_labels: 
             "label_counts" if split == "train" else "val_label_counts": label_counts}
     (root / "info.json").write_text(json.dumps(info))
     return root
+
+
+def img2dataset_members(count: int, rng: np.random.Generator, tags=None) -> list[tuple[str, bytes]]:
+    """Members of an img2dataset tar: ``<key>.jpg`` + ``<key>.json`` (key, url ``http://x/<i>.jpg``
+    and, when ``tags`` is given, ``tags(i)``) for keys ``000000000`` ..."""
+    members = []
+    for i in range(count):
+        key = f"{i:09d}"
+        row = {"key": key, "url": f"http://x/{i}.jpg", **({} if tags is None else {"tags": tags(i)})}
+        members += [(f"{key}.jpg", photo_like(rng, 64, 48)), (f"{key}.json", json.dumps(row).encode())]
+    return members
 
 
 def simple_shards(root: Path, sizes: Sequence[int], num_labels: int = 5, split: str = "train",

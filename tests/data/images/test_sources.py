@@ -2,7 +2,6 @@
 tars indexed by key and url, or the record itself; and reading the bytes, a missing one counted."""
 from __future__ import annotations
 
-import json
 import tarfile
 
 import numpy as np
@@ -12,7 +11,7 @@ from data.corpus.record import Record
 from data.images.sources import FileImage, ImageResolver, InlineImage, MissingImage, read_image, url_md5
 from data.shards.tar_writer import write_tar
 from data.tar_member import TarMember
-from tests.shard_factory import photo_like
+from tests.shard_factory import img2dataset_members
 
 
 def _record(key: str, image=None, **meta) -> Record:
@@ -50,13 +49,7 @@ def test_flat_folder_by_key_then_url_file_name(tmp_path):
 
 
 def test_img2dataset_tars_indexed_by_key_and_url(tmp_path):
-    rng = np.random.default_rng(1)
-    members = []
-    for i in range(6):
-        key = f"{i:09d}"
-        members.append((f"{key}.jpg", photo_like(rng, 64, 48)))
-        members.append((f"{key}.json", json.dumps({"key": key, "url": f"http://x/{i}.jpg"}).encode()))
-    write_tar(tmp_path / "00000.tar", members)
+    write_tar(tmp_path / "00000.tar", img2dataset_members(6, np.random.default_rng(1)))
     resolver = ImageResolver(tmp_path / "00000.tar")
     assert resolver.describe()["layout"] == "img2dataset"
     by_url = resolver.resolve(_record("zz", "http://x/3.jpg"))

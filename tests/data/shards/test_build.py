@@ -30,7 +30,7 @@ from data.shards.plan import tar_safe_key
 from data.shards.build import BuildConfig, build_shards, finalize
 from data.shards.tar_writer import write_tar
 from data.vocab.vocabulary import Label, Vocabulary
-from tests.shard_factory import photo_like
+from tests.shard_factory import img2dataset_members, photo_like
 
 REPO = Path(__file__).resolve().parents[3]
 WORDS = ["cat", "dog", "bird", "fish", "tree"]
@@ -261,12 +261,7 @@ def test_bad_arguments_fail_with_one_line(tmp_path, change, message):
 
 def test_img2dataset_shards_are_read_in_place(tmp_path):
     rng = np.random.default_rng(1)
-    members = []
-    for i in range(6):
-        key = f"{i:09d}"
-        members.append((f"{key}.jpg", photo_like(rng, 64, 48)))
-        members.append((f"{key}.json", json.dumps({"key": key, "url": f"http://x/{i}.jpg",
-                                                    "tags": "cat,dog" if i % 2 else "bird"}).encode()))
+    members = img2dataset_members(6, rng, tags=lambda i: "cat,dog" if i % 2 else "bird")
     # A hostile member name is only ever a key: nothing is written outside the output folder.
     members.append(("../escape.jpg", photo_like(rng, 64, 48)))
     write_tar(tmp_path / "00000.tar", members)
