@@ -56,7 +56,7 @@ import pyarrow.compute as pc
 
 from data.corpus.lines import (LONG_LINE, NEWLINE, LineBlock, damaged_lines, file_pieces, line_blocks,
                                read_block, scratch_mask)
-from data.corpus.record import CorpusReader, RecordBatch
+from data.corpus.record import URL_PLUS, CorpusReader, RecordBatch
 from data.errors import UserError
 
 COLUMNS_23 = (
@@ -209,6 +209,7 @@ class YfccReader(CorpusReader):
     """Reads ``yfcc100m_dataset`` (23- or 25-column layout, plain or .bz2) as record batches."""
 
     source = "yfcc100m"
+    tag_encoding = URL_PLUS
 
     def __init__(self, path: str | os.PathLike, layout: str = "auto", machine_tags: bool = False,
                  include_videos: bool = False, licenses: str | Iterable[str] | None = None,

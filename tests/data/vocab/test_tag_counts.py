@@ -10,6 +10,7 @@ import pytest
 
 import data.vocab.tag_arrays as array_canonicalizer
 import data.vocab.counting as tag_counts
+from data.corpus.record import PLAIN, URL_PLUS
 from data.corpus.yfcc import COLUMNS_23, YfccReader, encode_tags, format_line
 from data.vocab.counting import count_tags
 from data.vocab.tags import TagCanonicalizer
@@ -127,12 +128,12 @@ def tricky_tags(seed: int = 0, n: int = 4000) -> list[str]:
     return made + stop
 
 
-@pytest.mark.parametrize("encoding", [array_canonicalizer.URL_PLUS, array_canonicalizer.PLAIN])
+@pytest.mark.parametrize("encoding", [URL_PLUS, PLAIN])
 def test_array_canonicalizer_equals_reference(encoding, shared_data):
     import urllib.parse
 
     import pyarrow as pa
-    decode = urllib.parse.unquote_plus if encoding == array_canonicalizer.URL_PLUS else (lambda t: t)
+    decode = urllib.parse.unquote_plus if encoding == URL_PLUS else (lambda t: t)
     sample = shared_data / "yfcc100m_sample" / "yfcc100m_dataset-head2000.unique.tsv"
     real = [t for line in sample.read_text().splitlines() for t in line.split("\t")[8].split(",")]
     raw = tricky_tags() + real
@@ -150,7 +151,7 @@ def test_unsafe_stoplist_patterns_fall_back_to_python(tmp_path):
     # Python and RE2 read these differently or RE2 lacks them.
     stop.write_text("re:a{,2}b\nre:(?=ab)a.\nsunset\n")
     canon = TagCanonicalizer(Stoplist.load(stop))
-    vector = array_canonicalizer.ArrayCanonicalizer(canon, urllib.parse.unquote_plus, array_canonicalizer.URL_PLUS)
+    vector = array_canonicalizer.ArrayCanonicalizer(canon, urllib.parse.unquote_plus, URL_PLUS)
     assert vector.regex_in_python
     raw = ["b", "aab", "aaab", "a{,2}b", "ab", "ax", "sunset", "Sun+Set"] + tricky_tags(1, 500)
     assert vector(pa.array(raw)).to_pylist() == [canon(urllib.parse.unquote_plus(t)) for t in raw]
