@@ -32,6 +32,7 @@ from urllib.parse import quote_plus
 
 import numpy as np
 
+from data.corpus.yfcc import encode_tags, format_line
 from data.errors import UserError
 from data.vocab.tags import normalize
 
@@ -237,7 +238,8 @@ def _downstream_ranks(n_classes: int, n_concepts: int) -> list[int]:
 
 @dataclass
 class Photo:
-    """What one corpus row says: its metadata line, its ground truth, and tag statistics."""
+    """What one corpus row says: its metadata line (newline included), its ground truth, and tag
+    statistics."""
 
     line: str
     truth: dict[str, Any]
@@ -352,14 +354,14 @@ def describe_photo(world: World, index: int, present: list[str]) -> Photo:
 
     photo_id = 2_000_000_000 + index * 1009 + int(meta_rng.integers(0, 1009))
     row = _metadata_row(index, photo_id, user, year, video, tags, meta_rng)
-    truth = {"line": index, "photo_id": photo_id, "hash": row[2], "video": video,
+    truth = {"line": index, "photo_id": photo_id, "hash": row["hash"], "video": video,
              "objects": present, "tagged": named, "tags": tags}
-    return Photo("\t".join(row), truth, present, named, noisy, len(named), video, untagged)
+    return Photo(format_line(row, "25"), truth, present, named, noisy, len(named), video, untagged)
 
 
 def _metadata_row(index: int, photo_id: int, user: dict[str, Any], year: int, video: bool,
-                  tags: list[str], rng: np.random.Generator) -> list[str]:
-    """The 25 YFCC100M columns; free text URL-encoded with quote_plus, as in the real dump."""
+                  tags: list[str], rng: np.random.Generator) -> dict[str, str]:
+    """The 25 YFCC100M columns by name; free text URL-encoded with quote_plus, as in the real dump."""
     taken = calendar.timegm((year, 1, 1, 0, 0, 0)) + int(rng.integers(0, 365 * 86400))
     uploaded = taken + int(rng.integers(60, 90 * 86400))
     server, farm = int(rng.integers(1000, 9999)), int(rng.integers(1, 10))
@@ -377,12 +379,16 @@ def _metadata_row(index: int, photo_id: int, user: dict[str, Any], year: int, vi
              f"{city.title()} {year}", "")[title_kind]
     description = f"Taken in {city.title()}, {year}." if rng.uniform() < 0.15 else ""
     license_name, license_url = LICENSES[user["license"]]
-    return [
-        str(index), str(photo_id), hashlib.md5(url.encode()).hexdigest(), user["nsid"],
-        quote_plus(user["nickname"]), time.strftime("%Y-%m-%d %H:%M:%S.0", time.gmtime(taken)),
-        str(uploaded), quote_plus(user["device"]), quote_plus(title), quote_plus(description),
-        ",".join(quote_plus(t) for t in tags), "",
-        f"{lon + rng.normal(0, 0.05):.6f}" if geo else "", f"{lat + rng.normal(0, 0.05):.6f}" if geo else "",
-        str(int(rng.integers(1, 17))) if geo else "", page, url, license_name, license_url,
-        str(server), str(farm), secret, original, "jpg", "1" if video else "0",
-    ]
+    return {
+        "line_number": str(index), "photo_id": str(photo_id), "hash": hashlib.md5(url.encode()).hexdigest(),
+        "user_nsid": user["nsid"], "user_nickname": quote_plus(user["nickname"]),
+        "date_taken": time.strftime("%Y-%m-%d %H:%M:%S.0", time.gmtime(taken)), "date_uploaded": str(uploaded),
+        "capture_device": quote_plus(user["device"]), "title": quote_plus(title),
+        "description": quote_plus(description), "user_tags": encode_tags(tags), "machine_tags": "",
+        "longitude": f"{lon + rng.normal(0, 0.05):.6f}" if geo else "",
+        "latitude": f"{lat + rng.normal(0, 0.05):.6f}" if geo else "",
+        "accuracy": str(int(rng.integers(1, 17))) if geo else "", "page_url": page, "download_url": url,
+        "license_name": license_name, "license_url": license_url, "server_id": str(server),
+        "farm_id": str(farm), "secret": secret, "secret_original": original, "extension": "jpg",
+        "marker": "1" if video else "0",
+    }

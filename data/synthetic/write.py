@@ -215,7 +215,7 @@ def _write_corpus(world: World, info: WorldInfo, workers: int, bar) -> dict[str,
     with atomic_open(info.metadata, "w") as meta, atomic_open(info.truth, "w") as truth:
         for photos in _map(world, _photo_range, tasks, workers):
             for photo in photos:
-                meta.write(photo.line + "\n")
+                meta.write(photo.line)
                 truth.write(json.dumps(photo.truth, ensure_ascii=False) + "\n")
                 counts["rows"] += 1
                 counts["videos"] += photo.video
