@@ -18,7 +18,7 @@ canonicaliser with a cache. The expressions go to RE2 only when each is built fr
 subset of syntax that RE2 and Python's ``re`` read the same way (literals, classes of plain
 characters, groups, alternation, quantifiers with explicit bounds, anchors, ``.`` and ``\\d``);
 canonical ASCII tags contain only ``[a-z0-9#]``, where the two engines' character semantics agree.
-Otherwise the kernels stop before the expressions and those run in Python. tests/test_tag_counts.py
+Otherwise the kernels stop before the expressions and those run in Python. tests/data/vocab/test_tag_arrays.py
 checks the result against :class:`TagCanonicalizer` tag by tag.
 """
 from __future__ import annotations
