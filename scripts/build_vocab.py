@@ -18,9 +18,9 @@ from pathlib import Path
 
 from data.corpus import SOURCES, open_corpus
 from data.errors import UserError, cli_main
+from data.vocab.build import build_vocabulary
 from data.vocab.synsets import FAMILIES
 from data.vocab.tags import DEFAULT_MAX_LENGTH, DEFAULT_STOPLIST, TagCanonicalizer
-from data.vocab.vocabulary import build_vocabulary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

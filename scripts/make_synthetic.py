@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.synthetic.world import SHAPES, TEXTURES, WorldInfo, make_world  # noqa: E402
+from data.synthetic.world import SHAPES, TEXTURES  # noqa: E402
+from data.synthetic.write import WorldInfo, make_world  # noqa: E402
 from data.errors import cli_main  # noqa: E402
 
 MAX_CONCEPTS = len(SHAPES) * len(TEXTURES)

@@ -18,6 +18,12 @@ import pyarrow as pa
 from data.skip_report import SkipReport
 from data.tar_member import TarMember
 
+# How a reader stores tags (``CorpusReader.tag_encoding``), as far as the vocabulary counter's Arrow
+# kernels (data/vocab/tag_arrays.py) need to know; None: unknown to them, every tag goes through
+# ``decode_tag`` in Python.
+PLAIN = "plain"            # decode_tag is the identity
+URL_PLUS = "url-plus"      # decode_tag is urllib.parse.unquote_plus
+
 # Where a record's image lives: a file path, a tar member, the encoded bytes themselves, or a URL
 # (YFCC100M rows carry their download URL; the shard builder resolves it against an image mirror).
 ImageRef = Union[Path, TarMember, bytes, str, None]
@@ -60,6 +66,14 @@ class CorpusReader(abc.ABC):
 
     #: name used by ``--source`` on the command line
     source: str = ""
+    #: how ``decode_tag`` decodes (PLAIN, URL_PLUS, or None for any other way)
+    tag_encoding: str | None = PLAIN
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A reader that decodes tags its own way and does not say how is unknown to the kernels.
+        super().__init_subclass__(**kwargs)
+        if "decode_tag" in cls.__dict__ and "tag_encoding" not in cls.__dict__:
+            cls.tag_encoding = None
 
     @abc.abstractmethod
     def chunks(self) -> Iterator[Any]:

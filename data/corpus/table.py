@@ -4,19 +4,22 @@ One row is one image: a key column, a tags column (a list of strings, or one str
 by a delimiter) and optionally an image column (a file path, relative to the table's folder, or an
 http(s) URL). Every other column is metadata.
 
-Parsing is columnar (pyarrow.json / pyarrow.csv / pyarrow.parquet). Plain text files are cut into
-blocks of about ``block_bytes`` at line boundaries, each carrying its first line number; a compressed
-file is decompressed once in the parent and its blocks travel with the chunk; a Parquet file is
-read one row group per chunk. A JSONL block that pyarrow cannot take whole (a broken line, a column
-whose type changes between rows) is re-read line by line so that only the bad lines are lost.
+Parsing is columnar (pyarrow.json / pyarrow.csv / pyarrow.parquet). Text files are cut into blocks
+of about ``block_bytes`` at line boundaries, each carrying its first line number, by the chunker the
+YFCC100M reader uses too (data/corpus/lines.py): a plain file's blocks are byte ranges that the
+worker reads, a compressed file is decompressed once in the parent and its blocks travel with the
+chunk. A Parquet file is read one row group per chunk. A JSONL block that pyarrow cannot take whole
+(a broken line, a column whose type changes between rows) is re-read line by line so that only the
+bad lines are lost.
 
 Malformed rows are skipped and reported as (number, reason), where the number is the 1-based line
-in the text file (the CSV header is line 1) or the 1-based row in a Parquet file. Lines holding
-invalid UTF-8 or a NUL byte are malformed (as in the YFCC100M reader). A line longer
-than ``max_line_bytes`` (default: the block size) is one of them, skipped without ever being held
-in memory whole: a lost newline cannot make one block the size of the file. CSV line numbers
-assume one line per row; a quoted value with a newline in it can only be read when it does not
-straddle a block boundary (files under ``block_bytes`` are always one block).
+in the text file (the CSV header is line 1) or the 1-based row in a Parquet file. The rules shared
+with the YFCC100M reader come first: a line longer than ``max_line_bytes`` (default: the block
+size; skipped without ever being held in memory whole, so a lost newline cannot make one block the
+size of the file), holding a NUL byte, or not UTF-8 is malformed for that reason, whatever the
+parser would say of it. CSV line numbers assume one line per row; a quoted value with a newline in
+it can only be read when it does not straddle a block boundary (files under ``block_bytes`` are
+always one block).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
+from data.corpus.lines import LONG_LINE, LineBlock, damaged_lines, file_pieces, line_blocks, line_ends, read_block
 from data.corpus.record import CorpusReader, ImageRef, RecordBatch
 from data.errors import UserError
 
@@ -56,10 +60,7 @@ BAD_TAGS = "tags are not a list of strings or a delimited string"
 BAD_IMAGE = "image is not a string"
 BAD_JSON = "invalid JSON"
 NOT_OBJECT = "JSON line is not an object"
-BAD_UTF8 = "invalid UTF-8"
-NUL_BYTE = "NUL byte"
 FIELD_COUNT = "wrong number of fields"
-LONG_LINE = "line too long"
 BAD_ROW_GROUP = "unreadable Parquet row group"
 
 
@@ -84,15 +85,11 @@ def column_error(path: Path | str, role: str, name: str, columns: list[str]) -> 
 
 
 @dataclass(frozen=True)
-class TableChunk:
-    """A piece of a table: a byte range of a text file, a decompressed block, or a row group."""
+class RowGroup:
+    """A chunk of a Parquet file (a text file's chunks are :class:`LineBlock` s)."""
 
-    first_line: int                 # line (text) or row (Parquet) number of the chunk's first row
-    start: int = 0
-    end: int = 0
-    data: bytes | None = None       # decompressed text, for compressed files
-    row_group: int = -1
-    overlong: bool = False          # one line longer than max_line_bytes: reported, never parsed
+    first_line: int                 # the 1-based number of its first row in the file
+    row_group: int
 
 
 # ----------------------------------------------------------------------------------- columns
@@ -228,7 +225,7 @@ class TableReader(CorpusReader):
         if not head.strip():
             return []
         if self.format == "jsonl":
-            table, _, _ = self._parse_jsonl(_repair_lines(head, 1)[0], 1)
+            table, _, _ = self._parse_jsonl(_repaired(head), 1)
             if not table.column_names:
                 raise UserError(f"{self.path}: no JSON object in its first {_SCHEMA_BYTES >> 20} MiB; "
                                 "is it JSON Lines (one object per line)? Otherwise pass --source csv/tsv")
@@ -260,7 +257,7 @@ class TableReader(CorpusReader):
         opener = _OPENERS.get(self.compression or "")
         return opener(self.path) if opener else open(self.path, "rb")
 
-    def chunks(self) -> Iterator[TableChunk]:
+    def chunks(self) -> Iterator[LineBlock | RowGroup]:
         if not self.columns:
             return
         if self.format == "parquet":
@@ -268,56 +265,22 @@ class TableReader(CorpusReader):
         else:
             yield from self._text_chunks()
 
-    def _row_group_chunks(self) -> Iterator[TableChunk]:
+    def _row_group_chunks(self) -> Iterator[RowGroup]:
         metadata = pq.ParquetFile(self.path).metadata
         first = 1
         for group in range(metadata.num_row_groups):
-            yield TableChunk(first_line=first, row_group=group)
+            yield RowGroup(first_line=first, row_group=group)
             first += metadata.row_group(group).num_rows
 
-    def _text_chunks(self) -> Iterator[TableChunk]:
+    def _text_chunks(self) -> Iterator[LineBlock]:
         """Blocks ending at a newline; the parent counts lines so every block knows its first."""
-        line, offset, carry, skipping = 1, 0, b"", False
         with self._open() as f:
-            while True:
-                try:
-                    data = f.read(self.block_bytes)
-                except (OSError, EOFError) as err:
-                    raise UserError(f"{self.path}: cannot read past line {line}: {err}; the "
-                                    "compressed file is damaged, re-download or re-compress it") from None
-                eof = not data
-                if skipping:  # inside a line longer than max_line_bytes: drop it up to its newline
-                    cut = data.find(b"\n") + 1
-                    if not eof and not cut:
-                        offset += len(data)
-                        continue
-                    yield TableChunk(line, overlong=True)
-                    line, offset, data, skipping = line + 1, offset + cut, data[cut:], False
-                head = data.find(b"\n")  # the end of the line that began in ``carry``
-                if not eof and len(carry) + (head if head >= 0 else len(data)) > self.max_line_bytes:
-                    if head < 0:
-                        offset, carry, skipping = offset + len(carry) + len(data), b"", True
-                        continue
-                    yield TableChunk(line, overlong=True)
-                    line, offset = line + 1, offset + len(carry) + head + 1
-                    carry, data = b"", data[head + 1:]
-                buffer = carry + data
-                # at the end of the file the last line may lack its newline
-                cut = len(buffer) if eof else buffer.rfind(b"\n") + 1
-                block, carry = buffer[:cut], buffer[cut:]
-                if block:
-                    yield TableChunk(line, offset, offset + len(block),
-                                     data=block if self.compression else None)
-                    line += block.count(b"\n")
-                    offset += len(block)
-                if eof:
-                    return
+            yield from line_blocks(file_pieces(f, self.block_bytes), self.max_line_bytes,
+                                   keep_data=bool(self.compression), where=self.path)
 
     # ---- parsing
 
-    def read_chunk(self, chunk: TableChunk, tags_only: bool = False) -> RecordBatch:
-        if chunk.overlong:
-            return self._to_batch(pa.table({}), np.zeros(0, np.int64), [(chunk.first_line, LONG_LINE)], tags_only)
+    def read_chunk(self, chunk: LineBlock | RowGroup, tags_only: bool = False) -> RecordBatch:
         if self.format == "parquet":
             try:
                 table = self._read_row_group(chunk.row_group, tags_only)
@@ -326,20 +289,24 @@ class TableReader(CorpusReader):
                 return self._to_batch(pa.table({}), np.zeros(0, np.int64),
                                       [(chunk.first_line, BAD_ROW_GROUP)], tags_only)
             return self._to_batch(table, chunk.first_line + np.arange(table.num_rows), [], tags_only)
-        block = chunk.data
-        if block is None:
-            with open(self.path, "rb") as f:
-                f.seek(chunk.start)
-                block = f.read(chunk.end - chunk.start)
-        block, damaged = _repair_lines(block, chunk.first_line)
+        if chunk.overlong:
+            return self._to_batch(pa.table({}), np.zeros(0, np.int64), [(chunk.first_line, LONG_LINE)], tags_only)
+        data, size = read_block(self.path, chunk)
+        block = data if isinstance(data, bytes) else bytes(memoryview(data)[:size])
+        damaged = {chunk.first_line + i: reason
+                   for i, reason in damaged_lines(block, size, line_ends(block, size), self.max_line_bytes).items()}
+        if self.format != "jsonl":
+            damaged.pop(1, None)  # the CSV header: not a row
+        if any(reason != LONG_LINE for reason in damaged.values()):
+            block = _repaired(block)
         if self.format == "jsonl":
             table, lines, malformed = self._parse_jsonl(block, chunk.first_line)
         else:
             table, lines, malformed = self._parse_delimited(block, chunk.first_line, tags_only)
-        if damaged:
+        if damaged:  # a damaged line is reported for its damage, whatever the parser made of it
             keep = ~np.isin(lines, list(damaged))
-            malformed += [(int(n), damaged[int(n)]) for n in lines[~keep]]
             table, lines = table.filter(pa.array(keep)), lines[keep]
+            malformed = [(n, reason) for n, reason in malformed if n not in damaged] + list(damaged.items())
         return self._to_batch(table, lines, malformed, tags_only)
 
     def _read_row_group(self, group: int, tags_only: bool) -> pa.Table:
@@ -491,29 +458,10 @@ def _surviving_lines(first: int, rows: int, skipped: set[int]) -> np.ndarray:
     return lines[:rows]
 
 
-def _repair_lines(block: bytes, first_line: int) -> tuple[bytes, dict[int, str]]:
-    """Replace invalid UTF-8 and NUL bytes (which no text table holds on purpose) so pyarrow can
-    take the block, and name the lines that had them; their rows are dropped afterwards (line
-    numbering is unchanged)."""
-    has_nul = b"\x00" in block
-    try:
-        block.decode("utf-8")
-        if not has_nul:
-            return block, {}
-    except UnicodeDecodeError:
-        pass
-    lines = block.split(b"\n")
-    bad: dict[int, str] = {}
-    for i, line in enumerate(lines):
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            bad[first_line + i] = BAD_UTF8
-            line = lines[i] = line.decode("utf-8", "replace").encode("utf-8")
-        if has_nul and b"\x00" in line:
-            bad.setdefault(first_line + i, NUL_BYTE)
-            lines[i] = line.replace(b"\x00", b" ")
-    return b"\n".join(lines), bad
+def _repaired(block: bytes) -> bytes:
+    """``block`` with invalid UTF-8 replaced and NUL bytes made spaces, so that pyarrow takes it
+    whole; the lines that held them are dropped after parsing (line numbering is unchanged)."""
+    return block.decode("utf-8", "replace").encode("utf-8").replace(b"\x00", b" ")
 
 
 def mixed_column(values: list[Any]) -> pa.Array:

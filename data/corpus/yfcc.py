@@ -11,25 +11,23 @@ Layouts (no header, tab separated, one photo per line):
   md5 bytes as unpadded hex, so it is not always the 32-digit md5 of the download URL).
 * ``"auto"`` — decided from the tab count of the first lines.
 
-Reading is columnar, not a Python loop per line. The input is cut into blocks at newline
-boundaries (:class:`YfccChunk`, carrying the block's first physical line number so that malformed
-rows are reported by their exact line number even when blocks are parsed in worker processes).
-A block is parsed with numpy over its bytes: one scan finds every tab and newline, which gives
-per line the column count and every field's byte span; malformed lines (wrong column count, NUL
-byte, invalid UTF-8, checked for the whole block at once by Arrow) are set aside and reported.
+Reading is columnar, not a Python loop per line. The input is cut into blocks of whole lines
+that carry their first line number, and lines that are too long, hold a NUL byte or are not UTF-8
+are malformed, by the rules every text reader shares (data/corpus/lines.py; the line limit here is
+``max_line_bytes``, 1 MiB by default: real rows are a few kilobytes). This module's own part is the
+tokenizer: a block is parsed with numpy over its bytes, where one scan finds every tab and newline,
+which gives per line the column count (a wrong one is malformed too) and every field's byte span.
 Wanted columns are gathered by an Arrow ``take`` over a zero-copy view of the block's fields, and
 the tag fields are split on ',' with numpy into a list array, so that the counter
-(data/tag_counts.py) works per distinct raw tag, never per occurrence in Python.
-
-A line longer than ``max_line_bytes`` (1 MiB by default; real rows are a few kilobytes) is
-reported as malformed by its line number and skipped without ever being held in memory whole, so
-a runaway line (a lost newline, a binary file) costs at most a block's memory, not its length.
+(data/vocab/counting.py) works per distinct raw tag, never per occurrence in Python. It stays
+apart from pyarrow.csv, which the table reader uses, because it is faster on these rows
+(scripts/bench/vocab.py measures both on the same file).
 
 Compressed input: ``.bz2`` is decompressed by an external ``lbzip2``/``pbzip2``/``bzip2 -dc``
 process when one is on PATH (lbzip2 and pbzip2 decompress on several cores; even plain bzip2
 runs concurrently with parsing), otherwise by Python's ``bz2`` module in a background thread
 (the decompressor releases the GIL), pipelined with parsing through a small bounded queue.
-Plain files are never shipped between processes: a chunk names a byte range and the worker
+Plain files are never shipped between processes: a block names a byte range and the worker
 reads it itself.
 
 User tags are comma separated and URL-encoded with '+' for spaces; :meth:`YfccReader.decode_tag`
@@ -41,7 +39,6 @@ from __future__ import annotations
 
 import bz2
 import functools
-import mmap
 import os
 import queue
 import shutil
@@ -57,7 +54,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data.corpus.record import CorpusReader, RecordBatch
+from data.corpus.lines import (LONG_LINE, NEWLINE, LineBlock, damaged_lines, file_pieces, line_blocks,
+                               read_block, scratch_mask)
+from data.corpus.record import URL_PLUS, CorpusReader, RecordBatch
 from data.errors import UserError
 
 COLUMNS_23 = (
@@ -97,14 +96,10 @@ _HEAD_LINES = 100
 _DECOMPRESSORS = ("lbzip2", "pbzip2", "bzip2")
 
 MALFORMED_COLUMNS = "wrong column count"
-MALFORMED_UTF8 = "invalid utf-8"
-MALFORMED_NUL = "nul byte"
-MALFORMED_LONG = "line too long"
 SKIPPED_VIDEO = "video"
 SKIPPED_LICENSE = "license"
 
-_NEWLINE, _TAB, _CR, _COMMA = 10, 9, 13, 44
-_scratch = threading.local()
+_TAB, _CR, _COMMA = 9, 13, 44
 _NUMBER = r"^-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?$"
 
 
@@ -134,7 +129,8 @@ def format_line(values: Mapping[str, object], layout: str = "23") -> str:
 
 
 def encode_tags(tags: Iterable[str]) -> str:
-    """The user_tags cell of ``tags``: URL-encoded with '+' for spaces, comma separated."""
+    """The user_tags cell of ``tags`` for :func:`format_line`: URL-encoded with '+' for spaces
+    (the inverse of :meth:`YfccReader.decode_tag`), comma separated."""
     return ",".join(urllib.parse.quote_plus(tag) for tag in tags)
 
 
@@ -157,18 +153,6 @@ def parse_licenses(spec: str | Iterable[str] | None) -> frozenset[str] | None:
     return frozenset(families)
 
 
-@dataclass(frozen=True)
-class YfccChunk:
-    """A block of whole lines: a byte range of a plain file, or decompressed bytes."""
-
-    first_line: int
-    offset: int = 0
-    length: int = 0
-    data: bytes | None = None
-    overlong: bool = False  # one line longer than max_line_bytes: reported, never parsed
-
-
-@dataclass
 @dataclass
 class _Block:
     """Field geometry of the kept lines of one block.
@@ -225,6 +209,7 @@ class YfccReader(CorpusReader):
     """Reads ``yfcc100m_dataset`` (23- or 25-column layout, plain or .bz2) as record batches."""
 
     source = "yfcc100m"
+    tag_encoding = URL_PLUS
 
     def __init__(self, path: str | os.PathLike, layout: str = "auto", machine_tags: bool = False,
                  include_videos: bool = False, licenses: str | Iterable[str] | None = None,
@@ -328,87 +313,22 @@ class YfccReader(CorpusReader):
 
     # -- chunks ------------------------------------------------------------------------------------
 
-    def chunks(self) -> Iterator[YfccChunk]:
+    def chunks(self) -> Iterator[LineBlock]:
         """Blocks of whole lines in file order, each with its first 1-based line number."""
         if self.compressed:
-            yield from self._compressed_chunks()
-        else:
-            yield from self._plain_chunks()
-
-    def _plain_chunks(self) -> Iterator[YfccChunk]:
-        # The parent only finds block boundaries and counts newlines, over a read-only map of the
-        # file (no copy); the worker reads its byte range itself.
-        size = self.path.stat().st_size
-        if size == 0:
+            yield from line_blocks(self._stream(), self.max_line_bytes, keep_data=True, where=self.path)
             return
-        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            line, offset = 1, 0
-            while offset < size:
-                window = min(offset + self.block_size, size)
-                end = _block_end(mm, offset, window, size)
-                overlong = False
-                if end is None:  # one line longer than a block: found by reading, not mapping
-                    end = _line_end(f.fileno(), window, size)
-                    overlong = end - offset - (mm[end - 1] == _NEWLINE) > self.max_line_bytes
-                if overlong:
-                    yield YfccChunk(first_line=line, offset=offset, length=end - offset, overlong=True)
-                    line += 1
-                else:
-                    yield YfccChunk(first_line=line, offset=offset, length=end - offset)
-                    view = np.frombuffer(mm, dtype=np.uint8, count=end - offset, offset=offset)
-                    line += _count_newlines(view)
-                    del view  # the map cannot close while numpy holds its buffer
-                _release(mm, offset, min(end, window) if overlong else end)  # an overlong line is never mapped
-                offset = end
-
-    def _compressed_chunks(self) -> Iterator[YfccChunk]:
-        line, carry, overlong = 1, b"", False
-        for piece in self._stream():
-            if overlong:  # inside a line longer than max_line_bytes: drop it up to its newline
-                cut = piece.find(b"\n")
-                if cut < 0:
-                    continue
-                yield YfccChunk(first_line=line, overlong=True)
-                line, piece, overlong = line + 1, piece[cut + 1:], False
-            block = carry + piece
-            cut = block.rfind(b"\n") + 1
-            if cut == 0:  # no line ends in this piece: keep reading, unless the line is too long
-                overlong = len(block) > self.max_line_bytes
-                carry = b"" if overlong else block
-                continue
-            yield YfccChunk(first_line=line, data=block[:cut])
-            line += _count_newlines(np.frombuffer(block, dtype=np.uint8, count=cut))
-            carry = block[cut:]
-        if overlong:
-            yield YfccChunk(first_line=line, overlong=True)
-        elif carry:
-            yield YfccChunk(first_line=line, data=carry)
-
-    def _chunk_bytes(self, chunk: YfccChunk) -> tuple[bytes | bytearray, int]:
-        """The chunk's bytes (maybe inside a larger reused buffer) and their length, always
-        ending in a newline."""
-        if chunk.data is not None:
-            data = chunk.data if chunk.data.endswith(b"\n") else chunk.data + b"\n"
-            return data, len(data)
-        data = _scratch_bytes(chunk.length + 1)
         with open(self.path, "rb") as f:
-            f.seek(chunk.offset)
-            size = f.readinto(memoryview(data)[:chunk.length])
-        if size != chunk.length:
-            raise UserError(f"{self.path} changed while it was being read (expected {chunk.length} "
-                            f"bytes at offset {chunk.offset}, got {size}); do not modify it during a run")
-        if data[size - 1] != _NEWLINE:  # the file's last line has no newline
-            data[size] = _NEWLINE
-            size += 1
-        return data, size
+            yield from line_blocks(file_pieces(f, self.block_size), self.max_line_bytes, keep_data=False,
+                                   where=self.path)
 
     def decode_tag(self, raw: str) -> str:
         return urllib.parse.unquote_plus(raw)
 
-    def read_chunk(self, chunk: YfccChunk, tags_only: bool = False) -> RecordBatch:
+    def read_chunk(self, chunk: LineBlock, tags_only: bool = False) -> RecordBatch:
         if chunk.overlong:
             return _overlong_batch(chunk.first_line, tags_only)
-        data, size = self._chunk_bytes(chunk)
+        data, size = read_block(self.path, chunk)
         block, malformed = _split_lines(data, size, chunk.first_line, len(self.columns), self.max_line_bytes)
         block, skipped = self._filter(block)
         self.skipped.update(skipped)
@@ -480,39 +400,7 @@ def _number(values: pa.StringArray, type_: pa.DataType) -> pa.Array:
 def _overlong_batch(line: int, tags_only: bool) -> RecordBatch:
     return RecordBatch(keys=pa.array([], pa.string()), tags=pa.array([], pa.list_(pa.string())),
                        images=None if tags_only else [], meta=None if tags_only else pa.table({}),
-                       malformed=[(line, MALFORMED_LONG)])
-
-
-def _block_end(mm: mmap.mmap, start: int, end: int, size: int) -> int | None:
-    """End of the block starting at ``start``: just after the last newline before ``end`` (the
-    file's end when ``end`` is); None when the line starting at ``start`` runs past ``end``."""
-    if end == size:
-        return size
-    cut = mm.rfind(b"\n", start, end)
-    return None if cut < 0 else cut + 1
-
-
-def _line_end(fd: int, start: int, size: int, piece: int = 1 << 20) -> int:
-    """Just after the first newline at or after ``start`` (or ``size``), read piece by piece: the
-    pages of a runaway line never all sit in memory at once."""
-    while start < size:
-        data = os.pread(fd, min(piece, size - start), start)
-        cut = data.find(b"\n")
-        if cut >= 0:
-            return start + cut + 1
-        start += len(data)
-    return size
-
-
-def _release(mm: mmap.mmap, start: int, end: int) -> None:
-    # Mapped pages would count in RSS; the page cache keeps them.
-    if hasattr(mm, "madvise"):
-        aligned = start - start % mmap.PAGESIZE
-        mm.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
-
-
-def _count_newlines(view: np.ndarray) -> int:
-    return int(np.count_nonzero(np.equal(view, _NEWLINE, out=_scratch_mask(len(view)))))
+                       malformed=[(line, LONG_LINE)])
 
 
 def _read_full(stream: BinaryIO, size: int) -> bytes:
@@ -524,29 +412,13 @@ def _read_full(stream: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _scratch_bytes(size: int) -> bytearray:
-    """A per-thread buffer of at least ``size`` bytes, reused across chunks: a fresh 16 MiB
-    allocation per chunk costs thousands of page faults."""
-    buffer = getattr(_scratch, "bytes", None)
-    if buffer is None or len(buffer) < size:
-        buffer = _scratch.bytes = bytearray(size + (size >> 3))
-    return buffer
-
-
-def _scratch_mask(size: int) -> np.ndarray:
-    mask = getattr(_scratch, "mask", None)
-    if mask is None or len(mask) < size:
-        mask = _scratch.mask = np.empty(size + (size >> 3), dtype=bool)
-    return mask[:size]
-
-
 def _split_lines(data: bytes | bytearray, size: int, first_line: int, columns: int,
                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> tuple[_Block, list[tuple[int, str]]]:
     """Field geometry of ``data[:size]`` (whole lines), minus its malformed lines (reported)."""
     buf = np.frombuffer(data, dtype=np.uint8, count=size)
     # One scan for bytes <= '\n' finds tabs and newlines together (the rare other control bytes
     # that it also catches are dropped after).
-    found = np.flatnonzero(np.less_equal(buf, _NEWLINE, out=_scratch_mask(size)))
+    found = np.flatnonzero(np.less_equal(buf, NEWLINE, out=scratch_mask(size)))
     kind = buf[found]
     if len(kind) and kind.min() < _TAB:
         found = found[kind >= _TAB]
@@ -554,45 +426,17 @@ def _split_lines(data: bytes | bytearray, size: int, first_line: int, columns: i
     delims = np.empty(len(found) + 1, dtype=np.int64)
     delims[0] = -1
     delims[1:] = found
-    line_end = np.flatnonzero(kind == _NEWLINE) + 1  # index in delims of each line's newline
+    line_end = np.flatnonzero(kind == NEWLINE) + 1  # index in delims of each line's newline
     prev = np.empty_like(line_end)
     prev[:1] = 0
     prev[1:] = line_end[:-1]
     bad = line_end - prev != columns
     reasons = {int(i): MALFORMED_COLUMNS for i in np.flatnonzero(bad)}
-    ends = delims[line_end]
-    reasons.update((i, MALFORMED_UTF8) for i in _invalid_utf8_lines(data, size, ends))
-    if data.find(b"\x00", 0, size) >= 0:
-        nul_lines = np.unique(np.searchsorted(ends, np.flatnonzero(buf == 0)))
-        reasons.update((int(i), MALFORMED_NUL) for i in nul_lines)
-    lengths = ends - delims[prev] - 1  # the newline left out
-    reasons.update((int(i), MALFORMED_LONG) for i in np.flatnonzero(lengths > max_line_bytes))
+    reasons.update(damaged_lines(data, size, delims[line_end], max_line_bytes))  # they take precedence
     if reasons:
         bad[list(reasons)] = True
     block = _Block(buf, delims, prev[~bad], columns, crlf=data.find(b"\r", 0, size) >= 0)
     return block, [(first_line + i, reason) for i, reason in sorted(reasons.items())]
-
-
-def _invalid_utf8_lines(data: bytes | bytearray, size: int, ends: np.ndarray) -> list[int]:
-    """Indices of lines of ``data[:size]`` that are not valid UTF-8. Arrow checks the whole block
-    at once (several times faster than ``bytes.decode`` and allocating nothing); only a block
-    that fails is checked line by line."""
-    whole = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(np.array([0, size], np.int32)),
-                                                    pa.py_buffer(data)])
-    try:
-        whole.validate(full=True)
-        return []
-    except pa.ArrowInvalid:
-        pass
-    bad = []
-    start = 0
-    for i, end in enumerate(ends.tolist()):
-        try:
-            data[start:end].decode("utf-8")
-        except UnicodeDecodeError:
-            bad.append(i)
-        start = end + 1
-    return bad
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:

@@ -34,9 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from data.vocab.tag_arrays import PLAIN, URL_PLUS, ArrayCanonicalizer
 from data.corpus.record import CorpusReader, MalformedReport, RecordBatch
-from data.corpus.yfcc import YfccReader
+from data.vocab.tag_arrays import ArrayCanonicalizer
 from data.vocab.tags import TagCanonicalizer
 
 # Chunks handed out ahead of the one being merged, per worker: enough to keep workers busy,
@@ -88,24 +87,13 @@ class _Partial:
         return self.images + len(self.malformed) + sum(self.skipped.values())
 
 
-def tag_encoding(reader: CorpusReader) -> str | None:
-    """How ``reader`` stores tags, for the Arrow kernels; None when its ``decode_tag`` is unknown
-    to them (every tag is then decoded and canonicalised in Python)."""
-    decode = type(reader).decode_tag
-    if decode is CorpusReader.decode_tag:
-        return PLAIN
-    if decode is YfccReader.decode_tag:
-        return URL_PLUS
-    return None
-
-
 class _ChunkCounter:
     """Counts one chunk at a time; lives in a worker process and keeps its cache across chunks."""
 
     def __init__(self, reader: CorpusReader, canonicalizer: TagCanonicalizer,
                  label_of: Mapping[str, str] | None) -> None:
         self.reader = reader
-        self.canonicalize = ArrayCanonicalizer(canonicalizer, reader.decode_tag, tag_encoding(reader))
+        self.canonicalize = ArrayCanonicalizer(canonicalizer, reader.decode_tag, reader.tag_encoding)
         if label_of is not None:
             self.label_tags = pa.array(list(label_of), pa.string())
             self.label_keys = pa.array(list(label_of.values()), pa.string())

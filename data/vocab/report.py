@@ -11,17 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from data.atomic_write import write_bytes, write_json
 from data.figure_png import figure_png
-
-if TYPE_CHECKING:  # data.vocab.vocabulary imports this module
-    from data.vocab.synsets import SynsetAliases
-    from data.vocab.counting import TagCounts
-    from data.vocab.vocabulary import Vocabulary
+from data.vocab.counting import TagCounts
+from data.vocab.synsets import SynsetAliases
+from data.vocab.vocabulary import Label, Vocabulary
 
 TOP_LABELS = 50
 RAREST_LABELS = 10
@@ -67,7 +65,7 @@ class VocabReport:
             report["alignment"] = self._alignment()
         return report
 
-    def _label_entry(self, label: Any) -> dict[str, Any]:
+    def _label_entry(self, label: Label) -> dict[str, Any]:
         entry = {"id": label.id, "tag": label.tag, "count": label.count,
                  "percent_of_images": _percent(label.count, self.final.images)}
         if label.synset:

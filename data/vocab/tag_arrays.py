@@ -18,7 +18,7 @@ canonicaliser with a cache. The expressions go to RE2 only when each is built fr
 subset of syntax that RE2 and Python's ``re`` read the same way (literals, classes of plain
 characters, groups, alternation, quantifiers with explicit bounds, anchors, ``.`` and ``\\d``);
 canonical ASCII tags contain only ``[a-z0-9#]``, where the two engines' character semantics agree.
-Otherwise the kernels stop before the expressions and those run in Python. tests/test_tag_counts.py
+Otherwise the kernels stop before the expressions and those run in Python. tests/data/vocab/test_tag_arrays.py
 checks the result against :class:`TagCanonicalizer` tag by tag.
 """
 from __future__ import annotations
@@ -30,11 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data.corpus.record import URL_PLUS
 from data.vocab.tags import TagCanonicalizer
-
-# How a source stores tags, as far as the kernels need to know.
-PLAIN = "plain"            # decode_tag is the identity
-URL_PLUS = "url-plus"      # decode_tag is urllib.parse.unquote_plus
 
 # Tags the kernels handle: plain ASCII letters, digits and the characters the rules act on.
 _FAST = r"^[A-Za-z0-9 +_.'#-]*$"
@@ -69,7 +66,7 @@ class ArrayCanonicalizer:
                  encoding: str | None) -> None:
         self.scalar = canonicalizer
         self.decode = decode
-        self.encoding = encoding  # PLAIN, URL_PLUS, or None: no kernels, every tag in Python
+        self.encoding = encoding  # a reader's tag_encoding: PLAIN, URL_PLUS, or None (every tag in Python)
         stoplist = canonicalizer.stoplist
         self.stop_words = pa.array(sorted(stoplist.words), pa.string())
         patterns = [p.pattern for p in stoplist.patterns]

@@ -14,6 +14,15 @@ videos.
   (checked). A raw loop that only decodes (no canonicalisation, different counts) is timed too and
   reported as ``ratio_vs_raw_loop``, so the JSON line shows both anchors.
 
+The YFCC100M tokenizer (numpy over a block's bytes) is kept apart from pyarrow.csv, which the table
+reader uses, only because it is faster; the same run measures both on the same blocks, in this one
+process and one thread each: ours is ``YfccReader.read_chunk(tags_only=True)`` (the shared line rules,
+the tokenizer, the video filter and the tag split); the anchor is the shared line rules
+(``damaged_lines``, as the table reader runs them) then ``pyarrow.csv.read_csv`` (tab separated,
+no quoting, three columns as strings), the video filter and ``pyarrow.compute.split_pattern``. Both
+must give the same keys and raw tag lists (checked), and both figures are in the JSON line
+(``tokenizer``).
+
 Both run in this process on the same file (in the page cache). With --memory, each of --memory-rows
 (default 1 M and 4 M) is then counted in a fresh subprocess that reports its peak RSS and its
 workers', to show that memory follows the number of distinct tags, not rows. Wall-clock rows/s are what the JSON line
@@ -39,8 +48,12 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 
-from data.corpus.yfcc import format_line
+from data.corpus.lines import damaged_lines, line_ends, read_block
+from data.corpus.yfcc import COLUMNS_23, YfccReader, format_line
 from data.errors import cli_main
 from data.vocab.counting import count_tags
 from data.vocab.tags import TagCanonicalizer
@@ -202,9 +215,64 @@ def baseline(path: Path, canonicalize: bool = True) -> tuple[int, collections.Co
 
 def ours(path: Path, workers: int) -> tuple[int, dict[str, int]]:
     """(rows, counts of canonical tags) by the parallel exact counter."""
-    from data.corpus.yfcc import YfccReader
     result = count_tags(YfccReader(path), TagCanonicalizer.from_files(), workers=workers, progress=False)
     return result.rows, result.counts
+
+
+def tokenize_ours(reader: YfccReader, blocks: list) -> tuple[list, list]:
+    """Keys and raw tag lists of every photo, by the YFCC100M reader's own tokenizer."""
+    keys, tags = [], []
+    for block in blocks:
+        batch = reader.read_chunk(block, tags_only=True)
+        keys.append(batch.keys)
+        tags.append(batch.tags)
+    return keys, tags
+
+
+def tokenize_pyarrow(reader: YfccReader, blocks: list) -> tuple[list, list]:
+    """The same by pyarrow.csv, after the same line rules (as the table reader runs them)."""
+    read = pcsv.ReadOptions(column_names=list(COLUMNS_23), use_threads=False, block_size=1 << 30)
+    parse = pcsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=lambda row: "skip")
+    convert = pcsv.ConvertOptions(include_columns=["photo_id", "user_tags", "marker"], strings_can_be_null=False,
+                                  column_types={c: pa.string() for c in ("photo_id", "user_tags", "marker")})
+    keys, tags = [], []
+    for block in blocks:
+        data, size = read_block(reader.path, block)
+        if damaged_lines(data, size, line_ends(data, size), reader.max_line_bytes):
+            raise SystemExit("the benchmark corpus has malformed lines: the comparison is invalid")
+        table = pcsv.read_csv(pa.BufferReader(pa.py_buffer(data)[:size]), read_options=read,
+                              parse_options=parse, convert_options=convert)
+        table = table.filter(pc.not_equal(table["marker"], "1"))
+        cells = table["user_tags"].combine_chunks()
+        lists = pc.split_pattern(pc.if_else(pc.equal(cells, ""), pa.scalar(None, pa.string()), cells), ",")
+        flat = pc.list_flatten(lists)
+        if pc.any(pc.equal(flat, "")).as_py():  # empty items (a trailing comma) hold no tag
+            raise SystemExit("empty tags in the benchmark corpus: the comparison is invalid")
+        keys.append(table["photo_id"].combine_chunks())
+        tags.append(pc.fill_null(lists, pa.scalar([], pa.list_(pa.string()))))
+    return keys, tags
+
+
+def tokenizers(path: Path) -> dict:
+    """Rows/s and CPU µs per row of both tokenizers over the same blocks, one thread each."""
+    reader = YfccReader(path)
+    blocks = list(reader.chunks())
+    results, figures = {}, {}
+    for name, fn in (("ours", tokenize_ours), ("pyarrow_csv", tokenize_pyarrow)):
+        fn(reader, blocks[:1])  # warm up
+        cpu, wall = time.process_time(), time.perf_counter()
+        results[name] = fn(reader, blocks)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        rows = sum(len(k) for k in results[name][0])
+        figures[name] = {"rows_per_s": round(rows / wall), "cpu_us_per_row": round(1e6 * cpu / rows, 2)}
+        print(f"tokenizer {name}: {rows:,} photos in {wall:.2f} s ({rows / wall:,.0f} rows/s; "
+              f"{1e6 * cpu / rows:.2f} CPU µs/row)", flush=True)
+    (ours_keys, ours_tags), (arrow_keys, arrow_tags) = results["ours"], results["pyarrow_csv"]
+    if not (pa.chunked_array(ours_keys).equals(pa.chunked_array(arrow_keys))
+            and pa.chunked_array(ours_tags).equals(pa.chunked_array(arrow_tags))):
+        raise SystemExit("the two tokenizers disagree: the benchmark is invalid")
+    figures["ratio"] = round(figures["ours"]["rows_per_s"] / figures["pyarrow_csv"]["rows_per_s"], 2)
+    return figures
 
 
 def timed(fn, *args) -> tuple[tuple, float, float]:
@@ -280,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         (_, raw_counts), raw_wall, _ = timed(baseline, path, False)
         print(f"reference (csv + Counter, raw decoded tags, no canonicalisation): {len(raw_counts):,} tags "
               f"in {raw_wall:.2f} s ({base_rows / raw_wall:,.0f} rows/s)", flush=True)
+        tokenizer = tokenizers(path)
         memory = {}
         if args.memory:
             for size in (int(s) for s in args.memory_rows.split(",") if s):
@@ -292,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
                   "cpu_ratio": round(base_cpu / cpu, 2), "cpus": os.cpu_count(), "counts_equal": True,
                   "raw_loop_rows_per_s": round(base_rows / raw_wall),
                   "ratio_vs_raw_loop": round((rows / wall) / (base_rows / raw_wall), 2),
+                  "cpu_us_per_row": {"ours": round(1e6 * cpu / rows, 2), "baseline": round(1e6 * base_cpu / base_rows, 2)},
+                  "tokenizer": tokenizer,
                   "peak_rss_mib": {str(k): v for k, v in memory.items()}}
         print(json.dumps(result))
 

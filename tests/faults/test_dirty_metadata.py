@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from data.corpus.yfcc import MALFORMED_COLUMNS, MALFORMED_NUL, MALFORMED_UTF8, encode_tags, format_line
+from data.corpus.lines import BAD_UTF8, NUL_BYTE
+from data.corpus.yfcc import MALFORMED_COLUMNS, encode_tags, format_line
 from tests.faults.child_process import REPO, run
 
 ROWS = 300
@@ -33,10 +34,10 @@ def _good_counts(bad_rows: set[int]) -> dict[str, int]:
 YFCC_FAULTS = {
     7: (lambda line: b"7\tonly\tthree\n", MALFORMED_COLUMNS),
     40: (lambda line: line.replace(b"\t", b"\t\t", 1), MALFORMED_COLUMNS),  # one column too many
-    99: (lambda line: line.replace(b"dog", b"d\xffog"), MALFORMED_UTF8),
-    100: (lambda line: line[:-3] + b"\xc3\n", MALFORMED_UTF8),  # cut inside a multi-byte character
-    150: (lambda line: line.replace(b"\t", b"\t\x00", 3), MALFORMED_NUL),
-    151: (lambda line: b"\x00" * 40 + b"\n", MALFORMED_NUL),  # a NUL-filled line (a torn write)
+    99: (lambda line: line.replace(b"dog", b"d\xffog"), BAD_UTF8),
+    100: (lambda line: line[:-3] + b"\xc3\n", BAD_UTF8),  # cut inside a multi-byte character
+    150: (lambda line: line.replace(b"\t", b"\t\x00", 3), NUL_BYTE),
+    151: (lambda line: b"\x00" * 40 + b"\n", NUL_BYTE),  # a NUL-filled line (a torn write)
 }
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from data.corpus.table import LONG_LINE, TableReader
-from data.corpus.yfcc import MALFORMED_LONG, YfccReader, encode_tags, format_line
+from data.corpus.lines import LONG_LINE
+from data.corpus.table import TableReader
+from data.corpus.yfcc import YfccReader, encode_tags, format_line
 from tests.faults.child_process import REPO, run
 
 MB = 1 << 20
@@ -143,7 +144,7 @@ def test_yfcc_reader_skips_exactly_the_lines_over_the_limit_wherever_blocks_fall
     path = tmp_path / f"yfcc.tsv{suffix}"
     path.write_bytes(bz2.compress(b"".join(lines)) if suffix else b"".join(lines))
     reader = YfccReader(path, block_size=rng.choice([7, 64, 150]), max_line_bytes=limit)
-    _assert_exactly_the_long_lines_skipped(reader, lines, limit, MALFORMED_LONG)
+    _assert_exactly_the_long_lines_skipped(reader, lines, limit, LONG_LINE)
 
 
 @pytest.mark.parametrize("seed", range(4))

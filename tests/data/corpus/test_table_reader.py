@@ -129,6 +129,21 @@ def test_invalid_utf8_lines_are_counted(tmp_path: Path):
     assert rows == [("a", ["x"]), ("c", ["y"])] and report.examples == {"invalid UTF-8": [3]}
 
 
+def test_the_shared_line_rules_come_before_the_parser(tmp_path: Path):
+    """A line too long, with a NUL byte or not UTF-8 is reported for that, once, even when the
+    parser would reject it too or would see no row in it (data/corpus/lines.py)."""
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'{"key": "a", "tags": ["x"]}\n{"key": "b", "tags": [\xff\n\x00\x00\x00\n'
+                     b'{"key": "c", "tags": ["' + b"y" * 200 + b'"]}\n{"key": "d", "tags": []}\n')
+    rows, report = read_all(TableReader(path, max_line_bytes=100))
+    assert [k for k, _ in rows] == ["a", "d"]
+    assert report.examples == {"invalid UTF-8": [2], "NUL byte": [3], "line too long": [4]}
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"key,tags\na,x\nb,\x00,extra\nc,y\n")
+    rows, report = read_all(TableReader(path))
+    assert rows == [("a", ["x"]), ("c", ["y"])] and report.examples == {"NUL byte": [3]}
+
+
 # ------------------------------------------------------------------------------ CSV / TSV
 
 def test_csv_delimited_tags_field_counts_and_line_numbers(tmp_path: Path):

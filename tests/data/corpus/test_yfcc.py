@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from data.corpus import SOURCES, open_corpus
-from data.corpus.yfcc import (COLUMNS_23, MALFORMED_COLUMNS, MALFORMED_NUL, MALFORMED_UTF8, SKIPPED_LICENSE,
-                              SKIPPED_VIDEO, YfccReader, encode_tags, format_line, license_family)
+from data.corpus.lines import BAD_UTF8, NUL_BYTE
+from data.corpus.yfcc import (COLUMNS_23, MALFORMED_COLUMNS, SKIPPED_LICENSE, SKIPPED_VIDEO, YfccReader,
+                              encode_tags, format_line, license_family)
 from data.errors import UserError
 
 SAMPLE = "yfcc100m_sample"
@@ -144,7 +145,7 @@ def write_malformed_corpus(path: Path, *, crlf: bool = False) -> dict[int, str]:
     lines[29] = lines[29].rstrip(b"\n")                                   # last line: no newline
     data = b"".join(lines)
     path.write_bytes(data.replace(b"\n", b"\r\n") if crlf else data)
-    return {3: MALFORMED_COLUMNS, 5: MALFORMED_UTF8, 7: MALFORMED_NUL, 9: MALFORMED_COLUMNS, 20: MALFORMED_UTF8}
+    return {3: MALFORMED_COLUMNS, 5: BAD_UTF8, 7: NUL_BYTE, 9: MALFORMED_COLUMNS, 20: BAD_UTF8}
 
 
 def malformed_of(reader: YfccReader) -> list[tuple[int, str]]:

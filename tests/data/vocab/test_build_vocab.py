@@ -12,8 +12,9 @@ import pytest
 
 from data.corpus.yfcc import YfccReader, encode_tags, format_line
 from data.errors import UserError
+from data.vocab.build import build_vocabulary, select_labels
 from data.vocab.tags import TagCanonicalizer
-from data.vocab.vocabulary import Vocabulary, build_vocabulary, select_labels
+from data.vocab.vocabulary import Vocabulary
 
 CANON = TagCanonicalizer.from_files()
 WORDS = [f"word{i}" for i in range(60)]
