@@ -119,7 +119,7 @@ class Preprocessing:
                                 f"{key} {value!r} (re-export the run)")
         for key, value in (("mean", IMAGENET_DEFAULT_MEAN), ("std", IMAGENET_DEFAULT_STD)):
             given = cfg.get(key, value)
-            if len(given) != 3 or not all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(given, value)):
+            if not isinstance(given, (list, tuple)) or len(given) != 3 or not all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(given, value)):
                 raise UserError(f"{where}: pretrained_cfg.{key} is {given!r}; openwsl models normalise with "
                                 f"ImageNet's {value}")
         crop_pct = cfg.get("crop_pct", 0.875)
