@@ -4,7 +4,6 @@ and real image bytes of awkward sizes and kinds written with PIL."""
 from __future__ import annotations
 
 import io
-import json
 import struct
 import zlib
 from pathlib import Path
@@ -51,18 +50,6 @@ def pretraining_run(run_dir: Path, model_name: str, tags: list[str], *, image_si
     save_checkpoint(run_dir, state, images_seen, keep_last=1)
     save_resolved(config, run_dir)
     return model
-
-
-def shard_info(directory: Path, tags: list[str], vocab_sha256: str, licenses: list[str] | None) -> Path:
-    """An info.json as scripts/build_shards.py writes its vocab and corpus entries (no shards)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    info = {"format": "openwsl-shards", "version": 1,
-            "vocab": {"path": str(directory.parent / "vocab.json"), "sha256": vocab_sha256, "num_labels": len(tags),
-                      "tags": tags},
-            "corpus": {"source": "yfcc100m", "input": str(directory.parent / "yfcc100m_dataset.bz2"),
-                       "layout": "25", "licenses": licenses}}
-    (directory / "info.json").write_text(json.dumps(info))
-    return directory
 
 
 def photo(width: int, height: int, seed: int, mode: str = "RGB", fmt: str = "JPEG") -> bytes:
