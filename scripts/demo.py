@@ -2,6 +2,8 @@
 
     synthetic hashtag world -> vocabulary -> shards -> pretraining (torchrun, 2 ranks)
     -> fine-tuning from the pretrained trunk and from random init (same budget) -> linear probes
+    -> the pretraining run exported (runs/demo/export) and the hashtags it predicts for three
+       downstream pictures
     -> runs/demo/report.md, plots, results.json, and a wandb offline run
 
 Each stage runs the command a user would type, printed before it runs, so the demo doubles as a
@@ -31,7 +33,7 @@ from demo_report import DemoRun, write_outputs  # noqa: E402
 
 # Written first into a demo output directory: only a directory carrying it is ever cleared.
 MARKER = ".openwsl-demo"
-STAGES = 8
+STAGES = 10
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -131,6 +133,19 @@ def transfer_stages(stages: Stages, args: argparse.Namespace, run: DemoRun) -> N
     stages.run("linear probe on a random trunk", [*linear, "init=null", f"run.name={run.linear_scratch.name}"])
 
 
+def model_out_stages(stages: Stages, run: DemoRun) -> None:
+    """Export the pretraining run (hashtag head, vocabulary) and tag one validation picture of each of
+    three downstream classes with it. The demo's resnext_micro has a 16-channel stem that timm's
+    ResNet cannot build, hence --allow-openwsl-only (the ResNeXt-101 family exports for timm)."""
+    export = run.out / "export"
+    stages.run("export the pretraining run", ["-m", "transfer", "export", run.rel(run.pretrain), "--out",
+                                              run.rel(export), "--allow-openwsl-only"])
+    classes = sorted(p for p in (run.downstream / "val").iterdir() if p.is_dir())[:3]
+    pictures = [run.rel(min(p for p in folder.iterdir() if p.is_file())) for folder in classes]
+    stages.run("hashtags predicted for three downstream pictures",
+               ["-m", "transfer", "predict", "--model", run.rel(export), *pictures, "--top-k", "3"])
+
+
 @cli_main
 def main(argv=None) -> None:
     args = parse_args(argv)
@@ -141,6 +156,7 @@ def main(argv=None) -> None:
     data_stages(stages, args, run)
     pretrain_stage(stages, args, run)
     transfer_stages(stages, args, run)
+    model_out_stages(stages, run)
     results = write_outputs(run, stages.seconds, seconds=time.perf_counter() - start, seed=args.seed,
                             pretrain_images=args.pretrain_images)
     print(f"\ndemo finished in {results['seconds']:.0f} s (seed {args.seed})")

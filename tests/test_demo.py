@@ -40,8 +40,9 @@ def test_every_stage_ran_and_printed_its_command(demo):
                                       "python scripts/build_shards.py",
                                       "OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node=2 -m pretrain",
                                       "python -m transfer finetune", "python -m transfer finetune",
-                                      "python -m transfer linear", "python -m transfer linear"], start=1):
-        assert f"=== [{number}/8]" in result.stdout
+                                      "python -m transfer linear", "python -m transfer linear",
+                                      "python -m transfer export", "python -m transfer predict"], start=1):
+        assert f"=== [{number}/10]" in result.stdout
         assert f"$ {command}" in result.stdout
     for produced in ["world/yfcc100m_dataset.tsv", "vocab.json", "shards/info.json", "pretrain/trunk.safetensors",
                      "pretrain/metrics.jsonl", "finetune/metrics.jsonl", "finetune_scratch/metrics.jsonl",
@@ -89,6 +90,19 @@ def test_wandb_offline_run_and_its_sync_command(demo):
     assert run_dir.parent == out / "pretrain" / "wandb" and run_dir.name.startswith("offline-run-")
     assert list(run_dir.glob("*.wandb")), "the offline run has no .wandb log"
     assert f"upload the wandb offline run: {command}" in result.stdout
+
+
+def test_the_demo_exports_its_pretraining_run_and_tags_three_downstream_pictures(demo):
+    out, result = demo
+    config = json.loads((out / "export" / "config.json").read_text())
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert config["label_names"] == [label["tag"] for label in vocab["labels"]]
+    assert config["openwsl"]["probabilities"] == "softmax" and (out / "export" / "model.safetensors").is_file()
+    predicted = result.stdout.split("$ python -m transfer predict", 1)[1]
+    pictures = [line for line in predicted.splitlines() if line.endswith(".jpg")]
+    assert len(pictures) == 3 and len({Path(p).parent.name for p in pictures}) == 3  # one per class
+    rows = [line.split() for line in predicted.splitlines() if line.startswith("  ")][:9]
+    assert len(rows) == 9 and all(0 <= float(p) <= 1 and tag in config["label_names"] for p, tag in rows)
 
 
 def test_a_previous_demo_output_is_replaced(tmp_path):

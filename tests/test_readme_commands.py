@@ -142,6 +142,8 @@ def config_call(words: list[str]) -> tuple[str, list[str], str] | None:
     else:
         from transfer.__main__ import parse_args
     parsed = parse_args(args)
+    if getattr(parsed, "config", None) is None:  # transfer export / predict take no recipe
+        return None
     return parsed.config, parsed.overrides, module
 
 

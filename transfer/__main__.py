@@ -1,6 +1,9 @@
-"""Transfer: fine-tuning, linear probe and evaluation of pretrained (or official, or random) ResNeXt weights.
+"""Transfer: fine-tuning, linear probe and evaluation of pretrained (or official, or random) ResNeXt weights,
+and models out: export for timm / the Hugging Face Hub, and predict.
 
 ``torchrun --nproc_per_node=N -m transfer {finetune,linear,evaluate} --config configs/transfer/<recipe>.yaml [key=value ...]``
+``python -m transfer export <run dir | model file> --out <folder> [--trunk-only] [--push-to-hub <repo>]``
+``python -m transfer predict --model <export folder | run dir> <images or folders...> [--top-k 5] [--json]``
 
 Examples::
 
@@ -16,7 +19,9 @@ Examples::
 A run writes <run.dir>/<run.name>/: config.yaml, metrics.jsonl, summary.json and, for finetune,
 checkpoint-*.pt (resumed automatically) + model-last/best(/ema).safetensors; for evaluate,
 eval.json + predictions.csv + eval_per_class.png; for linear, linear.json + linear_model.safetensors
-and the feature cache (features/). Keys: docs/transfer.md (`python -m transfer.config`).
+and the feature cache (features/). Keys: docs/transfer.md (`python -m transfer.config`). export writes
+<folder>/model.safetensors + config.json (timm's Hugging Face layout) + README.md; predict prints the
+top-k labels of each image (docs/transfer.md, "Models out").
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import argparse
 
 from data.errors import cli_main
 from pretrain.config import load_config
+from transfer import export, predict
 from transfer.commands import run_evaluate, run_linear
 from transfer.config import TransferConfig
 from transfer.finetune import run_finetune
@@ -37,12 +43,21 @@ COMMANDS = {
     "evaluate": (run_evaluate, "top-1 / top-5 and per-class accuracy of init's classifier on data.val "
                                "(or zero-shot from the hashtag classifier with eval.zero_shot_vocab)"),
 }
+# Commands without a recipe: they read what a run wrote.
+MODEL_COMMANDS = {
+    "export": (export, "write a run (hashtag or class head, its labels) or a trunk as a folder in timm's Hugging "
+                       "Face layout: model.safetensors + config.json (+ README.md), loadable with "
+                       "timm.create_model('local-dir:<folder>', pretrained=True); optionally upload it"),
+    "predict": (predict, "print the top-k labels (hashtags or classes) with probabilities of image files and "
+                         "folders, from an export folder or a run"),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m transfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{" + ",".join([*COMMANDS, *MODEL_COMMANDS]) + "}")
     for name, (_, summary) in COMMANDS.items():
         sub = commands.add_parser(name, help=summary, description=summary)
         sub.add_argument("--config", required=True, help="recipe YAML file (configs/transfer/*.yaml)")
@@ -54,7 +69,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             debug.add_argument("--stop-after-epochs", type=int, metavar="N",
                                help="checkpoint and stop cleanly after N epochs (the schedule stays that of "
                                     "finetune.epochs, so running again without it resumes the same run)")
+    subparsers = {}
+    for name, (module, summary) in MODEL_COMMANDS.items():
+        subparsers[name] = commands.add_parser(name, help=summary, description=summary,
+                                               epilog='details: docs/transfer.md, "Models out"')
+        module.add_arguments(subparsers[name])
     args = parser.parse_args(argv)
+    if args.command == "predict":
+        predict.check_arguments(subparsers["predict"], args)
     if getattr(args, "stop_after_epochs", None) is not None and args.stop_after_epochs < 1:
         parser.error(f"--stop-after-epochs must be >= 1, got {args.stop_after_epochs}")
     return args
@@ -63,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @cli_main
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.command == "export":
+        export.run_export(args)
+        return
+    if args.command == "predict":
+        predict.run_predict(args)
+        return
     config = load_config(args.config, args.overrides, schema=TransferConfig)
     if args.command == "finetune":
         run_finetune(config, stop_after_epochs=args.stop_after_epochs)
