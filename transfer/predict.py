@@ -36,8 +36,9 @@ from torchvision.transforms import functional as TF
 
 from data.errors import UserError
 from data.images.decode import DEFAULT_MAX_PIXELS, ImageSettings, decode
+from data.tar_member import IMAGE_SUFFIXES, is_image_file
 from pretrain.engine import Normalizer
-from transfer.datasets import IMAGE_EXTENSIONS, LabelledImages, collate, skip_report
+from transfer.datasets import LabelledImages, collate, skip_report
 from transfer.export import LoadedModel, Preprocessing, load_model
 
 
@@ -79,7 +80,7 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     images: list[Path] = []
     for given in map(Path, inputs):
         if given.is_dir():
-            images.extend(sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            images.extend(sorted(p for p in given.rglob("*") if p.is_file() and is_image_file(p.name)
                                  and not any(part.startswith(".") for part in p.relative_to(given).parts)))
         elif given.is_file():
             images.append(given)
@@ -87,7 +88,7 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             raise UserError(f"{given}: no such image file or folder")
     if not images:
         raise UserError(f"no image files found in {', '.join(map(str, inputs))} (extensions: "
-                        f"{', '.join(IMAGE_EXTENSIONS)})")
+                        f"{', '.join(IMAGE_SUFFIXES)})")
     return images
 
 
