@@ -134,10 +134,6 @@ class Tracker:
         return path.read_text(encoding="utf-8").strip() or None
 
     @property
-    def wandb_run_id(self) -> str | None:
-        return self._run.id if self._run is not None else None
-
-    @property
     def wandb_dir(self) -> Path | None:
         """The wandb run's own directory (offline-run-… / run-…), when wandb is on."""
         return Path(self._run.dir).parent if self._run is not None else None
