@@ -22,7 +22,6 @@ import torch.distributed as dist
 
 from data.errors import UserError
 
-BACKENDS = ("auto", "nccl", "gloo")
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
@@ -80,9 +79,8 @@ def _env_int(env: Mapping[str, str], name: str) -> int:
 
 
 def resolve_backend(backend: str, cuda: bool) -> str:
-    """auto -> nccl with CUDA, gloo without; nccl without CUDA is a user error."""
-    if backend not in BACKENDS:
-        raise UserError(f"dist.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    """auto -> nccl with CUDA, gloo without; nccl without CUDA is a user error. ``backend`` is
+    ``dist.backend``, which the config schema restricts to auto, nccl and gloo."""
     if backend == "auto":
         return "nccl" if cuda else "gloo"
     if backend == "nccl" and not cuda:

@@ -65,13 +65,15 @@ class SmoothedCrossEntropy(nn.Module):
 
 
 def lr_schedule(config: FinetuneConfig, train_images: int, global_batch: int) -> LRSchedule:
-    """The schedule in images: epochs and warm-up epochs times the training set size."""
+    """The schedule in images: epochs and warm-up epochs times the whole steps of an epoch. The
+    config keeps ``warmup_epochs < epochs``; the warm-up rounded to whole images stays below the
+    total too (0.999 of a one-epoch run of 64 images warms up over 63)."""
     steps_per_epoch = max(1, train_images // global_batch)
     images_per_epoch = steps_per_epoch * global_batch
-    return LRSchedule(peak_lr=config.base_lr * global_batch / config.reference_batch,
-                      total_images=config.epochs * images_per_epoch,
-                      warmup_images=round(config.warmup_epochs * images_per_epoch), kind=config.schedule,
-                      decay_steps=config.decay_steps, decay_factor=config.decay_factor)
+    total_images = config.epochs * images_per_epoch
+    return LRSchedule(peak_lr=config.base_lr * global_batch / config.reference_batch, total_images=total_images,
+                      warmup_images=min(round(config.warmup_epochs * images_per_epoch), total_images - 1),
+                      kind=config.schedule, decay_steps=config.decay_steps, decay_factor=config.decay_factor)
 
 
 class FineTuner:

@@ -111,6 +111,21 @@ def test_range_checks(override, expected):
     assert error_of(None, ["data.train=s", override]) == f"override {override!r}: {expected}"
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("optim.schedule=linear", "optim.schedule must be one of step, cosine, got 'linear'"),
+    ("optim.warmup_images=1000000", "optim.warmup_images must be smaller than optim.total_images (1000000), "
+                                    "got 1000000"),
+    ("dist.backend=mpi", "dist.backend must be one of auto, nccl, gloo, got 'mpi'"),
+    ("tracking.wandb=offlne", "tracking.wandb must be one of online, offline, disabled, got 'offlne'"),
+    ("checkpoint.keep_last=0", "checkpoint.keep_last must be >= 1, got 0"),
+])
+def test_values_the_training_code_takes_as_given_are_checked_at_load(override, expected):
+    # The schedule, the process group, the tracker and the checkpoint writer do not check these
+    # again: the config is the one place, and its message names the key and the source.
+    message = error_of(None, ["data.train=s", override])
+    assert message.startswith(f"override {override!r}: {expected}"), message
+
+
 def test_missing_required_train_shards(tmp_path):
     path = write(tmp_path, "optim:\n  base_lr: 0.2\n")
     assert error_of(path, []) == (f"{path}: data.train is required: set it in the config file or pass "

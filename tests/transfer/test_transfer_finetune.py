@@ -39,6 +39,13 @@ def test_schedule_counts_whole_steps_of_each_epoch():
     assert schedule.lr_at(96) == pytest.approx(schedule.peak_lr) and schedule.lr_at(4 * 96) == pytest.approx(0.0)
 
 
+def test_a_warm_up_that_rounds_to_the_whole_run_ends_one_image_before_it():
+    # The config keeps warmup_epochs < epochs; 0.999 of one 64-image epoch still rounds to 64.
+    schedule = lr_schedule(FinetuneConfig(epochs=1, warmup_epochs=0.999, schedule="cosine"), 64, 64)
+    assert (schedule.total_images, schedule.warmup_images) == (64, 63)
+    assert schedule.lr_at(64) == pytest.approx(0.0, abs=1e-12)
+
+
 def _finetune(tmp_path: Path, name: str, *overrides: str) -> Path:
     main(["finetune", "--config", RECIPE, f"run.dir={tmp_path / 'runs'}", f"run.name={name}", *SMALL, *overrides])
     return tmp_path / "runs" / name
