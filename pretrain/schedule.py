@@ -9,10 +9,12 @@ Goyal et al.'s recipe, as the paper used it: the peak lr follows the linear scal
   pieces), or
 - ``cosine``: half a cosine from the peak down to 0 at ``total_images``.
 
-An optimiser step that takes the run from ``s`` to ``s + global batch`` images uses the lr at
-``s + global batch`` (the images seen once the step is done), so the first warm-up step already
-moves the weights and the last one runs at the peak. :class:`ImageScheduler` applies the schedule to
-an optimiser and is what a checkpoint stores (``state_dict`` / ``load_state_dict``).
+:class:`ImageScheduler` applies the schedule to an optimiser and is what a checkpoint stores
+(``state_dict`` / ``load_state_dict``). The engine calls ``step(images_after)`` once each optimiser
+step is done, which sets the lr at ``s + global batch`` for the NEXT step: a step that takes the run
+from ``s`` to ``s + global batch`` images runs at the lr at ``s``, and the very first step at the
+optimiser's initial lr, which pretraining and fine-tuning build as 0 (so it only fills the momentum
+buffers, also without a warm-up). The lr logged at a step is the one set after it.
 
 The values come checked: the config schema refuses a ``kind`` other than step or cosine and a
 warm-up that is not shorter than the budget (``optim.warmup_images < optim.total_images``), and

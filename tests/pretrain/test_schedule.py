@@ -61,8 +61,8 @@ def test_scheduler_sets_every_group_and_resumes_at_the_same_point():
     optimizer = _optimizer()
     scheduler = ImageScheduler(optimizer, schedule)
     lrs = [scheduler.step(images) for images in range(64, 1_025, 64)]  # global batch 64
-    assert lrs[0] == pytest.approx(0.2)  # the first step already moves the weights
-    assert lrs[3] == pytest.approx(0.8)  # the last warm-up step runs at the peak
+    assert lrs[0] == pytest.approx(0.2)  # set after the first step, for the second
+    assert lrs[3] == pytest.approx(0.8)  # the peak, from the fifth step on
     assert lrs[-1] == pytest.approx(0.1)
     assert [g["lr"] for g in optimizer.param_groups] == [lrs[-1], lrs[-1]]
     # Stop half-way, restore into fresh objects: the lr continues where it was.

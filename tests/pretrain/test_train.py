@@ -53,7 +53,7 @@ def test_two_rank_run_keeps_replicas_identical_and_writes_the_run_directory(tmp_
         assert TRAIN_KEYS <= set(row), TRAIN_KEYS - set(row)
         assert row["loss"] > 0 and row["grad_norm"] > 0 and row["images_per_s"] > 0 and 0 <= row["data_wait"] <= 1
         assert row["nonfinite_steps"] == 0 and row["skipped_total"] == 0
-    # Peak 0.1 x 16 / 256, reached by the first step (warm-up: 16 images); halved at 16 + 80/3 and
+    # Peak 0.1 x 16 / 256, set after the first step (warm-up: 16 images); halved at 16 + 80/3 and
     # 16 + 2 x 80/3 images.
     assert [r["lr"] for r in train_rows] == pytest.approx([0.00625, 0.003125, 0.0015625])
     evals = [r for r in rows if "eval/mAP" in r]
