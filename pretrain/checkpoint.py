@@ -59,13 +59,12 @@ def save_checkpoint(run_dir: str | os.PathLike, state: Mapping[str, Any], images
                     keep_last: int) -> Path:
     """Write ``checkpoint-<images_seen>.pt`` atomically, point checkpoint-latest.pt at it, prune.
 
-    Call on rank 0 only. Older numbered checkpoints beyond the newest ``keep_last`` are deleted;
-    ones numbered above ``images_seen`` (an abandoned branch after resuming from an older file) are
-    left for the user to judge."""
+    Call on rank 0 only. Older numbered checkpoints beyond the newest ``keep_last`` (>= 1: the
+    schema checks checkpoint.keep_last and finetune.keep_last) are deleted; ones numbered above
+    ``images_seen`` (an abandoned branch after resuming from an older file) are left for the user
+    to judge."""
     if not isinstance(images_seen, int) or images_seen < 0:
         raise ValueError(f"images_seen must be a non-negative int, got {images_seen!r}")
-    if keep_last < 1:
-        raise UserError(f"checkpoint.keep_last must be >= 1, got {keep_last}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(run_dir)

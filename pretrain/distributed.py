@@ -6,17 +6,15 @@ CUDA, gloo on CPU) and pins this process to the GPU of its local rank. Run as a 
 process it creates no process group, and every helper here degrades to its one-process meaning
 (``barrier`` returns, ``all_reduce_mean`` returns its input), so the training code has one path.
 
-Only rank 0 writes files: guard writes with ``info.is_main`` or decorate a function with
-:func:`main_process_only`.
+Only rank 0 writes files: guard writes with ``info.is_main``.
 """
 from __future__ import annotations
 
 import datetime
-import functools
 import os
 import random
 from dataclasses import dataclass
-from typing import Callable, Mapping, TypeVar
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -24,8 +22,6 @@ import torch.distributed as dist
 
 from data.errors import UserError
 
-T = TypeVar("T")
-BACKENDS = ("auto", "nccl", "gloo")
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
@@ -83,9 +79,8 @@ def _env_int(env: Mapping[str, str], name: str) -> int:
 
 
 def resolve_backend(backend: str, cuda: bool) -> str:
-    """auto -> nccl with CUDA, gloo without; nccl without CUDA is a user error."""
-    if backend not in BACKENDS:
-        raise UserError(f"dist.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    """auto -> nccl with CUDA, gloo without; nccl without CUDA is a user error. ``backend`` is
+    ``dist.backend``, which the config schema restricts to auto, nccl and gloo."""
     if backend == "auto":
         return "nccl" if cuda else "gloo"
     if backend == "nccl" and not cuda:
@@ -136,21 +131,6 @@ def _restart_store(env: LaunchEnv, timeout: datetime.timedelta) -> dist.Store | 
         return None
     return dist.PrefixStore(f"openwsl/attempt-{attempt}", dist.TCPStore(
         env.master_addr, env.master_port, env.world_size, is_master=False, timeout=timeout))
-
-
-def is_main_process() -> bool:
-    """True on rank 0, and in a plain single process."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def main_process_only(fn: Callable[..., T]) -> Callable[..., T | None]:
-    """Run ``fn`` on rank 0 only (others get None): for functions that write files."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return fn(*args, **kwargs) if is_main_process() else None
-
-    return wrapper
 
 
 def rank_seed(seed: int, rank: int) -> int:

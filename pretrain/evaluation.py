@@ -5,7 +5,9 @@
 - **mAP**: per hashtag present in the held-out set, the average precision of ranking all held-out
   images by that hashtag's score, averaged over those hashtags.
 
-Images without a hashtag in the vocabulary are left out of all three. The eval loader reads every
+Images without a hashtag in the vocabulary are left out of precision@1 and recall@5; mAP ranks
+them with the others, as a negative of every hashtag (scikit-learn's ``average_precision_score``
+per hashtag with a positive, macro-averaged, is this definition exactly). The eval loader reads every
 sample once across ranks, and ranks may get different numbers of batches, so nothing here runs a
 collective per batch: each rank keeps its own sums and scores, and the collectives run once at the
 end.

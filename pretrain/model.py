@@ -224,14 +224,6 @@ def _head_names(model: nn.Module) -> list[str]:
     return [names[id(module)] for module in _classifiers(model)]
 
 
-def trunk_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict without the classifier head: what transfer consumes."""
-    model = unwrap_model(model)
-    prefixes = tuple(f"{name}." for name in _head_names(model))
-    return {key: value for key, value in model.state_dict().items()
-            if not key.startswith(prefixes)}
-
-
 def reset_head(model: nn.Module, num_classes: int) -> nn.Module | tuple[nn.Module, ...]:
     """Replace the classifier by a fresh ``num_classes``-way one drawn from N(0, 0.01^2) (0: no
     classifier, the model returns pooled features) and return it (``get_classifier()``: a

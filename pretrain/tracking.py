@@ -28,7 +28,6 @@ from data.errors import UserError
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 WANDB_ID_FILE = "wandb-run-id.txt"
-WANDB_MODES = ("online", "offline", "disabled")
 
 
 def plain_value(value: Any, key: str) -> Any:
@@ -77,6 +76,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 class Tracker:
     """Log metrics of one run: metrics.jsonl always, wandb when ``wandb_mode`` is not ``disabled``.
 
+    ``wandb_mode`` is ``tracking.wandb`` (the config schema restricts it to the three modes).
     ``resume_step``: the step of the checkpoint a restarted run continues from; rows logged after it
     by the interrupted process are removed from metrics.jsonl, since the run recomputes those steps.
     """
@@ -85,8 +85,6 @@ class Tracker:
                  project: str = "openwsl", entity: str | None = None, name: str | None = None,
                  tags: Sequence[str] = (), is_main: bool = True, resume_id: str | None = None,
                  resume_step: int | None = None) -> None:
-        if wandb_mode not in WANDB_MODES:
-            raise UserError(f"tracking.wandb must be one of {', '.join(WANDB_MODES)}, got {wandb_mode!r}")
         self.run_dir = Path(run_dir)
         self.is_main = is_main
         self.mode = wandb_mode
@@ -132,10 +130,6 @@ class Tracker:
         if not path.is_file():
             return None
         return path.read_text(encoding="utf-8").strip() or None
-
-    @property
-    def wandb_run_id(self) -> str | None:
-        return self._run.id if self._run is not None else None
 
     @property
     def wandb_dir(self) -> Path | None:

@@ -172,10 +172,8 @@ def open_dataset(root: str | os.PathLike, kind: Kind = "auto", *, val_labels: st
         dataset = _image_folder(root, classes)
     elif kind == "imagenet_val":
         dataset = _imagenet_val(root, val_labels, synsets, classes)
-    elif kind == "wds":
+    else:  # "wds": data.kind is one of the schema's choices
         dataset = _wds(root, classes)
-    else:
-        raise UserError(f"unknown dataset kind {kind!r}; use auto, imagefolder, imagenet_val or wds")
     if len(dataset) == 0:
         raise UserError(f"dataset {root} ({kind}) holds no images; expected {_LAYOUT_HINT[kind]}")
     return dataset

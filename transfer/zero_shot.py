@@ -65,8 +65,6 @@ class SynsetHead(nn.Module):
 
     def __init__(self, mapping: ClassMapping, num_labels: int, reduce: Reduce = "max") -> None:
         super().__init__()
-        if reduce not in ("max", "logsumexp"):
-            raise UserError(f"zero-shot reduce must be max or logsumexp, got {reduce!r}")
         width = max(1, max(len(ids) for ids in mapping.labels))
         # Padding points at an extra -inf column, so every class reduces over `width` entries.
         index = torch.full((len(mapping.labels), width), num_labels, dtype=torch.int64)

@@ -4,13 +4,22 @@ as complete.
 A child process writes big checkpoints in a loop (save_checkpoint: temp file, fsync, rename, then
 checkpoint-latest.pt re-pointed, then pruning) and is SIGKILLed at seeded random moments, so kills
 land in every phase. After each kill, every file named ``checkpoint-*.pt`` loads, resume finds a
-checkpoint at most one save behind the newest, and the next save clears the dead temp files. Then
-a real pretraining run is killed while it writes a checkpoint, and resumes to its budget.
+checkpoint at most one save behind the newest, and the next save clears the dead temp files.
+
+A kill landed inside a checkpoint write when the writer's temp file of a numbered checkpoint
+(``.checkpoint-<images>.pt.<random>.tmp``) is left behind: it exists from the temp file's creation
+to its rename. Random moments land there only part of the time (the directory fsyncs and the
+pruning outside it take a good share of each save on some disks), so the quick test also kills a
+writer the moment such a temp file is seen growing, and asserts that at least one kill left one:
+the test cannot pass by killing only between writes.
+
+Then a real pretraining run is killed while it writes a checkpoint, and resumes to its budget.
 """
 from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +35,9 @@ from tests.faults.run_checks import assert_every_checkpoint_loads
 from tests.pretrain_runs import REPO, job_env, make_shards, write_config
 
 STEP = 100  # images between the child's checkpoints
+# The temp file atomic_open writes a numbered checkpoint into (checkpoint-latest.pt's re-pointing
+# uses '.checkpoint-latest.pt.link.tmp', which is not a checkpoint write).
+WRITING = re.compile(r"^\.checkpoint-\d+\.pt\..+\.tmp$")
 
 _WRITER = """
 import sys, torch
@@ -41,16 +53,39 @@ while True:  # the parent kills us somewhere in here
 """
 
 
-def _kill_a_writer(run_dir: Path, delay: float) -> None:
+def _kill_a_writer(run_dir: Path, delay: float | None) -> None:
+    """SIGKILL the writer ``delay`` seconds after its first save, or (``delay`` None) as soon as the
+    temp file of a numbered checkpoint holds bytes."""
     child = subprocess.Popen([sys.executable, "-c", _WRITER, str(run_dir)], cwd=REPO, stdout=subprocess.PIPE,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert child.stdout.readline().strip() == b"first"
-        time.sleep(delay)
+        if delay is None:
+            deadline = time.monotonic() + 60
+            while not _writing(run_dir) and time.monotonic() < deadline:
+                time.sleep(0.0005)
+        else:
+            time.sleep(delay)
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.kill()
         child.wait()
+
+
+def _writing(run_dir: Path) -> bool:
+    """A numbered checkpoint's temp file with bytes in it: a write in progress (or a dead writer's)."""
+    for name in os.listdir(run_dir):
+        if WRITING.match(name):
+            try:
+                if os.stat(run_dir / name).st_size > 0:
+                    return True
+            except FileNotFoundError:  # renamed in between
+                pass
+    return False
+
+
+def _landed_in_a_write(run_dir: Path) -> bool:
+    return any(WRITING.match(name) for name in os.listdir(run_dir))
 
 
 def _check_after_a_kill(run_dir: Path) -> tuple[int, int, int]:
@@ -66,25 +101,40 @@ def _check_after_a_kill(run_dir: Path) -> tuple[int, int, int]:
     return newest, resumed, sum(p.name.startswith(".") for p in run_dir.iterdir())
 
 
-def _kill_writers_at_random_moments(tmp_path: Path, kills: int, seed: int) -> None:
+def _kill_and_check(run_dir: Path, delay: float | None) -> tuple[tuple[int, int, int], bool]:
+    """One kill: its outcome (see _check_after_a_kill) and whether it landed inside a write."""
+    _kill_a_writer(run_dir, delay)
+    outcome, inside = _check_after_a_kill(run_dir), _landed_in_a_write(run_dir)
+    save_checkpoint(run_dir, {"model": {}}, 10_000_000, keep_last=3)  # the next save cleans up
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+    return outcome, inside
+
+
+def _kill_writers(tmp_path: Path, kills: int, seed: int) -> None:
+    """``kills`` kills at seeded random moments, then kills aimed at a write in progress (seen from
+    outside: its temp file growing) until one is caught inside a write, at most 3; every kill is
+    checked the same way."""
     rng = random.Random(seed)
-    outcomes = []
-    for i in range(kills):
-        run_dir = tmp_path / f"run{i}"
-        _kill_a_writer(run_dir, rng.uniform(0.0, 1.0))
-        outcomes.append(_check_after_a_kill(run_dir))
-        save_checkpoint(run_dir, {"model": {}}, 10_000_000, keep_last=3)  # the next save cleans up
-        assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
-    print(f"{kills} kills (newest numbered, resumed from, dead temp files): {outcomes}")
+    delays: list[float | None] = [rng.uniform(0.0, 1.0) for _ in range(kills)]
+    outcomes, inside = [], []
+    for i, delay in enumerate(delays + [None] * 3):
+        if delay is None and inside[kills:] and any(inside):
+            break
+        outcome, landed = _kill_and_check(tmp_path / f"run{i}", delay)
+        outcomes.append(outcome)
+        inside.append(landed)
+    print(f"{len(outcomes)} kills ({kills} at random moments; newest numbered, resumed from, dead temp files): "
+          f"{outcomes}; inside a write: {inside}")
+    assert any(inside), "no kill landed inside a checkpoint write: the test checked nothing mid-write"
 
 
 def test_a_checkpoint_writer_killed_at_random_moments_never_names_a_partial_file(tmp_path):
-    _kill_writers_at_random_moments(tmp_path, kills=3, seed=0)
+    _kill_writers(tmp_path, kills=3, seed=0)
 
 
 @pytest.mark.heavy
 def test_a_checkpoint_writer_killed_at_many_random_moments_never_names_a_partial_file(tmp_path):
-    _kill_writers_at_random_moments(tmp_path, kills=12, seed=1)
+    _kill_writers(tmp_path, kills=12, seed=1)
 
 
 @pytest.mark.slow

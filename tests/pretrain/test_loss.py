@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data.errors import UserError
 from data.loader.labels import multi_hot_targets, pack_labels
 from pretrain.loss import MultiLabelSigmoidLoss, MultiLabelSoftmaxLoss, create_loss
 
@@ -143,12 +142,9 @@ def test_bf16_autocast_on_cpu_computes_in_float32(name):
     assert torch.isfinite(layer.weight.grad).all() and layer.weight.grad.abs().sum() > 0
 
 
-def test_create_loss_names_and_unknown_name():
+def test_create_loss_names():
     assert isinstance(create_loss("softmax"), MultiLabelSoftmaxLoss)
     assert isinstance(create_loss("sigmoid"), MultiLabelSigmoidLoss)
-    with pytest.raises(UserError, match=r"unknown loss 'softmx' \(did you mean 'softmax'\?\); "
-                                        r"choose one of softmax, sigmoid"):
-        create_loss("softmx")
 
 
 def test_shape_mismatch_is_an_error():

@@ -14,10 +14,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.resnet import Bottleneck
 
 from data.errors import UserError
+from pretrain.checkpoint import export_trunk, load_trunk, unwrap_model
 from pretrain.loss import MultiLabelSoftmaxLoss
-from pretrain.checkpoint import unwrap_model
-from pretrain.model import (BUILTIN_ARCHITECTURES, create_model, head_name, param_groups,
-                            pooled_features, reset_head, trunk_state_dict)
+from pretrain.model import BUILTIN_ARCHITECTURES, create_model, head_name, param_groups, pooled_features, reset_head
 
 # torchvision's ResNet(Bottleneck, blocks, groups, width_per_group) at 1,000 classes, and its
 # multiply-adds for one 224x224 image. The paper's table rounds the big five to 43 / 88 / 193 /
@@ -36,6 +35,14 @@ SIZES = {
 
 def _count(model: nn.Module) -> int:
     return sum(param.numel() for param in model.parameters())
+
+
+def _trunk_keys(model: nn.Module, folder: Path) -> set[str]:
+    """The keys of the trunk export, written as pretraining writes it: the model's state without
+    the head that :func:`head_name` names."""
+    path = export_trunk(unwrap_model(model).state_dict(), folder / "trunk.safetensors", architecture="test",
+                        head_prefix=head_name(model) + ".")
+    return set(load_trunk(path)[0])
 
 
 @pytest.mark.parametrize("name", list(SIZES))
@@ -86,7 +93,7 @@ def test_torchvision_state_dict_loads_strictly_with_identical_logits(torchvision
     with torch.no_grad():
         logits = model.eval()(images)
     assert torch.equal(logits, expected)
-    assert set(trunk_state_dict(model)) == {key for key in state if not key.startswith("fc.")}
+    assert head_name(model) == "fc"  # the trunk export leaves out exactly torchvision's classifier
 
 
 def test_last_bn_gamma_of_each_block_is_zero_other_bns_are_one():
@@ -150,7 +157,7 @@ def test_param_groups_leave_frozen_parameters_out():
     assert decay == {id(head.weight)} and no_decay == {id(head.bias)}
 
 
-def test_timm_model_by_name():
+def test_timm_model_by_name(tmp_path):
     torch.manual_seed(2)
     model = create_model("resnet18", 7)
     assert head_name(model) == "fc" and model.fc.out_features == 7
@@ -158,11 +165,11 @@ def test_timm_model_by_name():
     assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.1)
     assert torch.all(model.layer1[0].bn2.weight == 0)  # BasicBlock's last BN
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
-    assert not any(key.startswith("fc.") for key in trunk_state_dict(model))
+    assert _trunk_keys(model, tmp_path) == {key for key in model.state_dict() if not key.startswith("fc.")}
 
     convnext = create_model("convnext_atto", 5)
     assert head_name(convnext) == "head.fc"
-    trunk = trunk_state_dict(convnext)
+    trunk = _trunk_keys(convnext, tmp_path)
     assert "head.norm.weight" in trunk and not any(k.startswith("head.fc.") for k in trunk)
 
 
@@ -205,14 +212,15 @@ def test_features_and_head_reset():
 
 def test_helpers_see_through_compile_and_ddp(tmp_path):
     model = create_model("resnext_tiny", 10)
-    keys = set(trunk_state_dict(model))
-    assert set(trunk_state_dict(torch.compile(model))) == keys  # compiled lazily: no compile here
+    keys = _trunk_keys(model, tmp_path)
+    compiled = torch.compile(model)  # compiled lazily: no compile here
+    assert unwrap_model(compiled) is model and _trunk_keys(compiled, tmp_path) == keys
     store = f"file://{tmp_path / 'store'}"
     dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
     try:
         wrapped = nn.parallel.DistributedDataParallel(model)
         assert unwrap_model(wrapped) is model and head_name(wrapped) == "fc"
-        assert set(trunk_state_dict(wrapped)) == keys
+        assert _trunk_keys(wrapped, tmp_path) == keys
         grouped = sum(len(group["params"]) for group in param_groups(wrapped, 1e-4))
         assert grouped == len(list(model.parameters()))
     finally:

@@ -69,11 +69,6 @@ def test_restart_drops_rows_logged_after_the_resumed_checkpoint(tmp_path):
     assert read_metrics(tmp_path)[-1]["loss"] == 0.5
 
 
-def test_bad_mode_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match=r"tracking.wandb must be one of online, offline, disabled, got 'on'"):
-        Tracker(tmp_path, CONFIG, wandb_mode="on")
-
-
 def test_online_mode_without_a_login_is_one_clear_error(tmp_path, monkeypatch):
     for name in ("WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(name, raising=False)
@@ -160,8 +155,9 @@ def test_wandb_offline_run_holds_the_logged_keys_and_a_restart_resumes_it(offlin
     run_dir = offline_wandb
     tracker = Tracker(run_dir, CONFIG, wandb_mode="offline", project="openwsl-test", name="unit",
                       tags=["pretrain", "cpu"])
-    run_id = tracker.wandb_run_id
-    assert (run_dir / WANDB_ID_FILE).read_text().strip() == run_id
+    # The id the Tracker keeps for a restart is the one wandb runs under (its folder and log are named by it).
+    run_id = (run_dir / WANDB_ID_FILE).read_text().strip()
+    assert re.fullmatch(r"[a-z0-9]{8}", run_id)
     for step in (1, 2, 3):
         tracker.log(step, {"train/loss": 1.0 / step, "train/lr": 0.1 * step, "train/images_per_s": 100.0})
     png = run_dir / "labels.png"
@@ -188,7 +184,7 @@ def test_wandb_offline_run_holds_the_logged_keys_and_a_restart_resumes_it(offlin
 
     # A restarted process (same run directory) continues the same wandb run, even at earlier steps.
     tracker = Tracker(run_dir, CONFIG, wandb_mode="offline", project="openwsl-test", resume_step=2)
-    assert tracker.wandb_run_id == run_id
+    assert (run_dir / WANDB_ID_FILE).read_text().strip() == run_id
     tracker.log(3, {"train/loss": 0.25})
     second_dir = tracker.wandb_dir
     tracker.finish()

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+import torch.nn.functional as F
 
+from data.loader.labels import multi_hot_targets, pack_labels
 from pretrain.tracking import read_metrics
 from tests.transfer_factory import colour_task
 from transfer.__main__ import main
@@ -23,13 +25,21 @@ SMALL = ["model.name=resnext_tiny", "data.image_size=32", "data.resize_size=36",
          "finetune.warmup_epochs=0.5", "finetune.base_lr=0.8"]
 
 
-def test_label_smoothing_matches_torch_cross_entropy():
-    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
-    targets = torch.tensor([0, 4, 2, 2, 1, 3])
-    one_hot = torch.nn.functional.one_hot(targets, 5).float()
-    for eps in (0.0, 0.1):
-        expected = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=eps)
-        assert SmoothedCrossEntropy(eps)(logits, one_hot).item() == pytest.approx(expected.item(), rel=1e-6)
+@pytest.mark.parametrize("classes", [2, 12, 1000])
+def test_smoothed_loss_equals_torch_cross_entropy_with_label_smoothing(classes):
+    generator = torch.Generator().manual_seed(classes)
+    for smoothing in (0.0, 0.05, 0.1, 0.2, 0.5):
+        for _ in range(5):
+            logits = (torch.randn(32, classes, generator=generator) * 4).requires_grad_()
+            targets = torch.randint(0, classes, (32,), generator=generator)
+            # The rows the engine builds from fine-tuning's batches: packed one-label lists -> one-hot.
+            rows = multi_hot_targets(pack_labels([[t] for t in targets.tolist()]), classes, torch.device("cpu"))
+            ours = SmoothedCrossEntropy(smoothing)(logits, rows)
+            (grad,) = torch.autograd.grad(ours, logits)
+            reference = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+            (expected,) = torch.autograd.grad(reference, logits)
+            assert ours.item() == pytest.approx(reference.item(), rel=1e-6)
+            assert (grad - expected).abs().max() <= 1e-6 * expected.abs().max()
 
 
 def test_schedule_counts_whole_steps_of_each_epoch():
@@ -37,6 +47,13 @@ def test_schedule_counts_whole_steps_of_each_epoch():
     assert (schedule.total_images, schedule.warmup_images) == (4 * 96, 96)  # 3 steps of 32 per epoch
     assert schedule.peak_lr == pytest.approx(0.1 * 32 / 256)
     assert schedule.lr_at(96) == pytest.approx(schedule.peak_lr) and schedule.lr_at(4 * 96) == pytest.approx(0.0)
+
+
+def test_a_warm_up_that_rounds_to_the_whole_run_ends_one_image_before_it():
+    # The config keeps warmup_epochs < epochs; 0.999 of one 64-image epoch still rounds to 64.
+    schedule = lr_schedule(FinetuneConfig(epochs=1, warmup_epochs=0.999, schedule="cosine"), 64, 64)
+    assert (schedule.total_images, schedule.warmup_images) == (64, 63)
+    assert schedule.lr_at(64) == pytest.approx(0.0, abs=1e-12)
 
 
 def _finetune(tmp_path: Path, name: str, *overrides: str) -> Path:

@@ -1,6 +1,10 @@
-"""`python -m pretrain` under a real 2-process torchrun (gloo, CPU) on tiny real shards: identical
-replicas after every step, everything a run writes, wandb offline, and one-line config errors. A
-rank killed with SIGKILL under --max-restarts is in tests/faults/test_rank_kills.py."""
+"""pretrain/train.py: `python -m pretrain` under a real 2-process torchrun (gloo, CPU) on tiny real
+shards (identical replicas after every step, everything a run writes, wandb offline, one-line
+config errors), and a run stopped half-way then resumed, which ends with the weights of an
+uninterrupted one (one rank, in this process to save the interpreter start-up).
+
+The faults (a kill while a checkpoint is written, a rank killed with SIGKILL under torchrun
+--max-restarts, a diverging run, a full disk) are in tests/faults/."""
 from __future__ import annotations
 
 import re
@@ -10,8 +14,10 @@ import sys
 import pytest
 import torch
 
-from pretrain.checkpoint import TRUNK_FILE, load_checkpoint, load_trunk
+from pretrain.checkpoint import LATEST, TRUNK_FILE, load_checkpoint, load_trunk
+from pretrain.config import load_config
 from pretrain.tracking import read_metrics
+from pretrain.train import DebugOptions, train
 from tests.pretrain_runs import REPO, job_env, make_shards, torchrun, write_config
 from tests.pretrain.test_tracking import _read_wandb_run
 
@@ -27,8 +33,8 @@ def _assert_ok(done: subprocess.CompletedProcess) -> None:
 
 @pytest.mark.slow
 def test_two_rank_run_keeps_replicas_identical_and_writes_the_run_directory(tmp_path):
-    train, val = make_shards(tmp_path)
-    config = write_config(tmp_path / "run.yaml", train, val, tmp_path / "runs", "ddp",
+    train_shards, val_shards = make_shards(tmp_path)
+    config = write_config(tmp_path / "run.yaml", train_shards, val_shards, tmp_path / "runs", "ddp",
                           optim={"grad_accum": 2}, eval={"every_images": 48},
                           tracking={"wandb": "offline", "log_every_steps": 2, "tags": ["test"]})
     env = job_env(WANDB_DIR=str(tmp_path / "wandb-home"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"),
@@ -47,7 +53,7 @@ def test_two_rank_run_keeps_replicas_identical_and_writes_the_run_directory(tmp_
         assert TRAIN_KEYS <= set(row), TRAIN_KEYS - set(row)
         assert row["loss"] > 0 and row["grad_norm"] > 0 and row["images_per_s"] > 0 and 0 <= row["data_wait"] <= 1
         assert row["nonfinite_steps"] == 0 and row["skipped_total"] == 0
-    # Peak 0.1 x 16 / 256, reached by the first step (warm-up: 16 images); halved at 16 + 80/3 and
+    # Peak 0.1 x 16 / 256, set after the first step (warm-up: 16 images); halved at 16 + 80/3 and
     # 16 + 2 x 80/3 images.
     assert [r["lr"] for r in train_rows] == pytest.approx([0.00625, 0.003125, 0.0015625])
     evals = [r for r in rows if "eval/mAP" in r]
@@ -99,11 +105,54 @@ def test_config_errors_are_one_line_and_exit_2(tmp_path):
 def test_user_errors_from_main_are_one_line(tmp_path, capsys, overrides, message):
     from pretrain.__main__ import main
 
-    train, _ = make_shards(tmp_path)
-    config = write_config(tmp_path / "run.yaml", train, None, tmp_path / "runs", "bad", data={"workers": 0})
+    train_shards, _ = make_shards(tmp_path)
+    config = write_config(tmp_path / "run.yaml", train_shards, None, tmp_path / "runs", "bad", data={"workers": 0})
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(config), *overrides])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
     assert re.search(message, lines[0]), lines[0]
+
+
+# -- resume ---------------------------------------------------------------------------------------
+# Same seed, same data stream, same arithmetic on one CPU thread: the resumed run is expected to be
+# bit-identical; the stated tolerance leaves room for a BLAS that is not.
+TOLERANCE = 1e-6
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.slow
+def test_stop_at_half_then_resume_matches_an_uninterrupted_run(tmp_path, one_thread):
+    shards, _ = make_shards(tmp_path)
+    budget = {"total_images": 128, "warmup_images": 16, "decay_steps": 2}
+    straight = write_config(tmp_path / "a.yaml", shards, None, tmp_path / "runs", "straight", optim=budget)
+    split = write_config(tmp_path / "b.yaml", shards, None, tmp_path / "runs", "split", optim=budget)
+    train(load_config(straight))
+    # 64 images = 16 steps of 4 = two whole loader epochs of 32 images: the resumed stream is the same.
+    stopped = train(load_config(split), DebugOptions(stop_after_images=64))
+    assert stopped == {"images_seen": 64, "stopped_early": True}
+    half = load_checkpoint(tmp_path / "runs" / "split" / LATEST)
+    assert half["images_seen"] == 64 and half["step"] == 16
+    assert half["data_position"] == {"epoch": 1, "batch": 8, "resume_epoch": 2}
+    assert half["scheduler"]["images_seen"] == 64
+    resumed = train(load_config(split))
+    assert resumed["images_seen"] == 128 and resumed["steps"] == 32
+
+    a = load_checkpoint(tmp_path / "runs" / "straight" / LATEST)
+    b = load_checkpoint(tmp_path / "runs" / "split" / LATEST)
+    assert _max_difference(a["model"], b["model"]) <= TOLERANCE
+    momentum_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    momentum_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert max((x - y).abs().max().item() for x, y in zip(momentum_a, momentum_b)) <= TOLERANCE
+    assert a["scheduler"] == b["scheduler"]
+    # The resumed run's metrics continue the stopped one's, step for step.
+    rows = [(r["step"], r["images"]) for r in read_metrics(tmp_path / "runs" / "split") if "loss" in r]
+    assert rows == [(step, step * 4) for step in range(2, 33, 2)]
+    losses = [r["loss"] for r in read_metrics(tmp_path / "runs" / "straight") if "loss" in r]
+    assert losses == pytest.approx([r["loss"] for r in read_metrics(tmp_path / "runs" / "split") if "loss" in r],
+                                   abs=TOLERANCE)
