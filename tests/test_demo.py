@@ -1,8 +1,8 @@
-"""`make demo` end to end at a tiny size: every stage's wiring (world -> vocab -> shards -> torchrun
-pretraining -> fine-tuning both arms -> linear probes -> report), the checkable results.json, the
-plots and the wandb offline run. The full-size demo's figures are measured, not tested
-(docs/benchmarks.md); a tiny run cannot show the transfer gain, only that it is measured and
-reported truthfully."""
+"""`make demo` end to end at a small size (about 2 minutes on 2 cores): every stage's wiring (world ->
+vocab -> shards -> torchrun pretraining -> fine-tuning both arms -> linear probes -> export ->
+predict -> report), the checkable results.json, the plots, the wandb offline run, and the demo's
+claim itself: the hashtag-pretrained trunk beats random init downstream. The full-size demo's
+figures (and its +10-point target) are measured, not tested (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import json
@@ -11,16 +11,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from scipy.stats import fisher_exact
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY = ["--images", "400", "--downstream-train", "4", "--downstream-val", "4", "--min-count", "3",
-        "--pretrain-images", "512", "--finetune-epochs", "2"]
+# 4,000 pictures, 45,000 pretraining images (about 11 passes), 12 downstream classes with 20 training
+# and 40 validation pictures each, 5 fine-tuning epochs. Below about 30,000 pretraining images the
+# gain is not resolved on 480 validation pictures (measured: 4,096 images gave 8.3% for both arms).
+SMALL = ["--images", "4000", "--downstream-train", "20", "--downstream-val", "40", "--min-count", "5",
+         "--pretrain-images", "45000", "--finetune-epochs", "5"]
 
 
 def run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(out), *TINY, *extra],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(out), *SMALL, *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,8 @@ def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return out, result
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
+# About 140 s alone on 2 cores; the limit leaves room for a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo"), pytest.mark.timeout(900)]
 
 
 def test_every_stage_ran_and_printed_its_command(demo):
@@ -55,16 +60,31 @@ def test_results_json_holds_the_checkable_figures(demo):
     results = json.loads((out / "results.json").read_text())
     for key in ("pretrained_top1", "scratch_top1", "linear_top1", "seconds"):
         assert isinstance(results[key], (int, float)) and results[key] >= 0, key
-    assert results["seed"] == 0 and results["pretrain_images"] == 512
+    assert results["seed"] == 0 and results["pretrain_images"] == 45000
     # The figures are the runs' own final-epoch numbers, not re-derived ones.
     final = [json.loads(line) for line in (out / "finetune" / "metrics.jsonl").read_text().splitlines()][-1]
     assert results["pretrained_top1"] == final["val/top1"]
     linear = json.loads((out / "linear" / "linear.json").read_text())
     assert results["linear_top1"] == linear["val"]["top1"]
     assert results["gain"] == pytest.approx(results["pretrained_top1"] - results["scratch_top1"])
-    assert results["target_met"] == (results["gain"] >= 10)
     # Each figure is rounded to 0.1 s: allow that much per stage.
     assert 0 < sum(results["stage_seconds"].values()) <= results["seconds"] + 0.05 * len(results["stage_seconds"])
+
+
+def test_the_pretrained_trunk_beats_random_init(demo):
+    """What the demo claims, at test size, tested as a claim about two accuracies on the same 480
+    validation pictures: one-sided Fisher exact test (scipy), fine-tuned with the same budget and
+    linearly probed, each at p < 0.01 (seed 0; measured: 18.1% vs 9.6% fine-tuned, p = 8e-5;
+    21.7% vs 12.1% linear, p = 5e-5)."""
+    out, _ = demo
+    results = json.loads((out / "results.json").read_text())
+    val = sum(1 for p in (out / "world" / "downstream" / "val").rglob("*") if p.is_file())
+    assert val == 12 * 40
+    for pretrained, scratch in [("pretrained_top1", "scratch_top1"), ("linear_top1", "linear_scratch_top1")]:
+        hits = [round(results[key] * val / 100) for key in (pretrained, scratch)]
+        table = [[hits[0], val - hits[0]], [hits[1], val - hits[1]]]
+        p_value = fisher_exact(table, alternative="greater").pvalue
+        assert p_value < 0.01, f"{pretrained} {results[pretrained]:.1f}% vs {scratch} {results[scratch]:.1f}%: p = {p_value:.3g}"
 
 
 def test_report_and_plots(demo):
