@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from data.corpus.record import CorpusReader, MalformedReport, RecordBatch
-from data.vocab.tag_arrays import ArrayCanonicalizer
+from data.vocab.tag_arrays import ArrayCanonicalizer, TagOccurrences
 from data.vocab.tags import TagCanonicalizer
 from data.worker_pool import ordered_map, start_pool
 
@@ -112,14 +112,12 @@ class _ChunkCounter:
     def _occurrences(self, batch: RecordBatch) -> tuple[pa.StringArray, np.ndarray, np.ndarray]:
         """The chunk's distinct keys, and for every raw tag occurrence that maps to one, its image
         and the key's index."""
-        flat = pc.list_flatten(batch.tags)
-        raw = pc.dictionary_encode(flat)
-        keys = pc.dictionary_encode(self._keys_of(raw.dictionary))
+        tags = TagOccurrences.of(batch.tags)
+        keys = pc.dictionary_encode(self._keys_of(tags.distinct))
         key_of_raw = keys.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        key = key_of_raw[raw.indices.to_numpy(zero_copy_only=False)]
-        image_of = pc.list_parent_indices(batch.tags).to_numpy(zero_copy_only=False).astype(np.int64)
+        key = key_of_raw[tags.tag]
         counted = key >= 0
-        return keys.dictionary, image_of[counted], key[counted]
+        return keys.dictionary, tags.row[counted], key[counted]
 
     def _keys_of(self, raw: pa.StringArray) -> pa.StringArray:
         """Per distinct raw tag: its counted key (canonical form, or label), null if none."""
