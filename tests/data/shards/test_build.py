@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from collections import Counter
@@ -27,7 +28,7 @@ from data.shards.build import BuildConfig, build_shards, finalize
 from data.shards.scan import tar_safe_key
 from data.shards.tar_writer import write_tar
 from data.vocab.vocabulary import Label, Vocabulary
-from tests.shard_corpus import WORDS, builder_command, make_corpus, make_parquet_corpus, node_command
+from tests.shard_corpus import REPO, WORDS, builder_command, corpus_arguments, make_corpus, make_parquet_corpus, node_command
 from tests.shard_factory import built_files, img2dataset_members, photo_like
 
 
@@ -194,6 +195,35 @@ def test_finalize_writes_info_json_when_the_last_node_died_before_it(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "train shard(s)" in done.stdout and built_files(tmp_path / "out") == reference
+
+
+def test_slurm_script_runs_one_builder_per_task_and_they_give_the_bytes_of_one_node(tmp_path):
+    make_parquet_corpus(tmp_path)
+    script = REPO / "scripts" / "slurm" / "build_shards.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    # SLURM's srun stands in as a stub that starts its command once per task, each with its
+    # SLURM_PROCID, concurrently, as on SLURM_NTASKS nodes; it records its own options.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(
+        "#!/bin/bash\n"
+        f'echo "$@" > {tmp_path}/srun.args\n'
+        'while [[ "$1" == --* ]]; do shift; done\n'
+        'pids=(); for ((i = 0; i < SLURM_NTASKS; i++)); do SLURM_PROCID=$i "$@" & pids+=($!); done\n'
+        'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=$?; done; exit $rc\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NTASKS": "3", "SLURM_CPUS_PER_TASK": "1",
+           "PYTHON": sys.executable, "BUILDER": str(REPO / "scripts" / "build_shards.py")}
+    done = subprocess.run(["bash", str(script), *corpus_arguments(tmp_path, tmp_path / "slurm")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--kill-on-bad-exit=1" in (tmp_path / "srun.args").read_text()
+    subprocess.run(node_command(tmp_path, tmp_path / "one", 0, 1, 1), check=True, capture_output=True)
+    assert built_files(tmp_path / "slurm") == built_files(tmp_path / "one")
+    reports = [json.loads((tmp_path / "slurm" / ".build" / f"node-{r}.json").read_text()) for r in range(3)]
+    assert [(r["node_rank"], r["num_nodes"], r["workers"]) for r in reports] == [(0, 3, 1), (1, 3, 1), (2, 3, 1)]
+    usage = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage: sbatch" in usage.stderr
 
 
 def test_resume_after_kill_is_byte_identical(tmp_path):
