@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from data.worker_pool import PARENT_CHECK_S, ordered_map, start_pool
+from tests.faults.child_process import alive, wait_gone
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,22 +24,6 @@ pending = [pool.apply_async(time.sleep, (30,)) for _ in range(4)]
 print(" ".join(str(p.pid) for p in pool._pool), flush=True)
 time.sleep(60)
 """
-
-
-def alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting to be reaped)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-def wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while any(map(alive, pids)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return [pid for pid in pids if alive(pid)]
 
 
 def test_workers_end_when_their_parent_is_killed():
