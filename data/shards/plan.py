@@ -17,9 +17,10 @@ string beyond the skip examples, in corpus order (parts in chunk order, rows in 
   Images that turn out corrupt (or near-duplicates of the eval set) when the unit is built leave a
   shard a little short of ``shard_size``.
 
-"First in corpus order" is found with Arrow's hash-based dictionary encoding, which numbers values
-in order of first appearance: a row is a first copy exactly when its number exceeds every number
-before it. The plan writes ``candidates-<id>.arrow`` (per unit, in unit order, the part and row of
+"First in corpus order" is found by sorting: a stable sort of the digests' first 8 bytes keeps equal
+values in corpus order, so the first of each run of equal values is its first copy (all 16 bytes
+are compared; two digests that share only their first 8 bytes are sorted on all 16). The plan holds
+about 50 bytes per labelled row at its peak (``scripts/bench/shards_scale.py`` measures it). It writes ``candidates-<id>.arrow`` (per unit, in unit order, the part and row of
 each candidate) and then ``plan.json`` (the settings, the skips, and per unit its name, order,
 candidate range and fingerprint); plan.json's presence means the plan is complete.
 """
@@ -33,7 +34,6 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data.atomic_write import atomic_open, write_json
@@ -112,14 +112,28 @@ def read_plan(build_dir: Path) -> Plan | None:
         return None
 
 
-def first_occurrences(values: pa.Array) -> np.ndarray:
-    """Per value, whether no value before it is equal."""
-    if len(values) == 0:
-        return np.zeros(0, dtype=bool)
-    codes = pc.dictionary_encode(values).indices.to_numpy(zero_copy_only=False)
-    first = np.empty(len(codes), dtype=bool)
-    first[0] = True
-    np.greater(codes[1:], np.maximum.accumulate(codes)[:-1], out=first[1:])
+def first_occurrences(digests: np.ndarray) -> np.ndarray:
+    """Per row of an ``(n, 16)`` uint8 array, whether no row before it is equal.
+
+    Rows are split into two 64-bit words; a stable sort on the first word keeps equal rows in their
+    order, so the first row of each run of equal rows is the first occurrence. When two different
+    rows share their first word, the rows are sorted on both words instead."""
+    first = np.zeros(len(digests), dtype=bool)
+    if len(digests) == 0:
+        return first
+    words = np.ascontiguousarray(digests, dtype=np.uint8).view("<u8")  # (n, 2)
+    order = np.argsort(words[:, 0], kind="stable")
+    leading = words[order, 0]
+    same = leading[1:] == leading[:-1]
+    del leading
+    pairs = np.flatnonzero(same)
+    if not np.array_equal(words[order[pairs], 1], words[order[pairs + 1], 1]):
+        order = np.lexsort((words[:, 1], words[:, 0]))
+        ordered = words[order]
+        same = (ordered[1:] == ordered[:-1]).all(axis=1)
+        del ordered
+    first[order[0]] = True
+    first[order[1:][~same]] = True
     return first
 
 
@@ -138,18 +152,28 @@ class _Parts:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def column(self, name: str, rows: np.ndarray | None = None) -> pa.Array:
-        """One column over all parts (or at the given sorted global rows only)."""
-        pieces = []
+    def column(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """A fixed-width column over all parts (or at the given sorted global rows only) as numpy:
+        ``(n, 16)`` uint8 for the 16-byte digests, else one value per row. Filled part by part, so
+        only the result and one part's column are held."""
+        out: np.ndarray | None = None
+        count = len(self) if rows is None else len(rows)
         for i, path in enumerate(self.paths):
             if self.starts[i + 1] == self.starts[i]:
                 continue
-            values = pq.read_table(path, columns=[name]).column(name).combine_chunks()
-            if rows is not None:
+            column = pq.read_table(path, columns=[name]).column(name)
+            if pa.types.is_fixed_size_binary(column.type):
+                values = np.concatenate([_rows_of_16(chunk) for chunk in column.chunks])
+            else:
+                values = column.to_numpy()
+            if out is None:
+                out = np.empty((count, *values.shape[1:]), dtype=values.dtype)
+            if rows is None:
+                out[self.starts[i]:self.starts[i + 1]] = values
+            else:
                 lo, hi = np.searchsorted(rows, self.starts[i:i + 2])
-                values = values.take(pa.array(rows[lo:hi] - self.starts[i]))
-            pieces.append(values)
-        return pa.concat_arrays(pieces) if pieces else pa.array([], pa.binary(16))
+                out[lo:hi] = values[rows[lo:hi] - self.starts[i]]
+        return out if out is not None else np.zeros((0, 16), np.uint8)
 
     def refs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(part, row in part) of global rows."""
@@ -164,45 +188,45 @@ class _Parts:
         return keys
 
 
-def _numpy(values: pa.Array) -> np.ndarray:
-    return values.to_numpy(zero_copy_only=False)
-
-
 def make_plan(scan_dir: Path, parts: int, shard_size: int, header: dict[str, Any], settings_digest: str,
               scan_digest: str, build_dir: Path, progress: Callable[[str], None] = lambda _: None) -> Plan:
     """Decide the skips and the units from the scan's ``parts`` parts, write the plan files."""
     table = _Parts(scan_dir, parts)
     skips = table.no_label
     progress(f"{table.records} records, {len(table)} labelled")
-    # Labelled records claim their sample key in corpus order, whatever becomes of their image.
-    claimed = first_occurrences(table.column("key_hash"))
-    image = _numpy(table.column("image"))
-    reasons: list[tuple[str, np.ndarray]] = [("duplicate_key", ~claimed)]
-    for code, reason in IMAGE_SKIPS.items():
-        reasons.append((reason, claimed & (image == code)))
-    readable = np.flatnonzero(claimed & (image == IMAGE_OK))
-    digests = table.column("digest", readable)
-    copy = ~first_occurrences(digests)
-    reasons.append(("duplicate", _mask(len(table), readable[copy])))
-    kept = readable[~copy]
-    for reason, mask in reasons:
+
+    def skip(reason: str, mask: np.ndarray) -> None:
         rows = np.flatnonzero(mask)
         if len(rows):
             skips.counts[reason] = skips.counts.get(reason, 0) + len(rows)
             skips.examples[reason] = table.source_keys(rows[:skips.max_examples])
-    val = _numpy(table.column("val", kept)).astype(bool)
+
+    # Labelled records claim their sample key in corpus order, whatever becomes of their image.
+    claimed = first_occurrences(table.column("key_hash"))
+    skip("duplicate_key", ~claimed)
+    image = table.column("image")
+    for code, reason in IMAGE_SKIPS.items():
+        skip(reason, claimed & (image == code))
+    readable = np.flatnonzero(claimed & (image == IMAGE_OK))
+    del claimed, image
+    digests = table.column("digest", readable)
+    first = first_occurrences(digests)
+    skip("duplicate", _mask(len(table), readable[~first]))
+    kept, digests = readable[first], digests[first]
+    del readable, first
+    val = table.column("val", kept).astype(bool)
     units, order = _units(kept, val, shard_size)
     # What each candidate's sample is made of, and its image bytes: a unit's fingerprint covers both.
-    made_of = np.concatenate([_rows_of_16(table.column("detail", kept)),
-                              _rows_of_16(digests.filter(pa.array(~copy)))], axis=1)
+    detail = table.column("detail", kept)
     plan_units: list[Unit] = []
     start = 0
     for split, index, members in units:
         fingerprint = hashlib.sha256(settings_digest.encode())
         fingerprint.update(f"{split}-{index}".encode())
-        fingerprint.update(made_of[members].tobytes())
+        fingerprint.update(np.concatenate([detail[members], digests[members]], axis=1).tobytes())
         plan_units.append(Unit(split, index, len(plan_units), start, len(members), fingerprint.hexdigest()))
         start += len(members)
+    del detail, digests
     part, row = table.refs(kept[order])
     candidates = f"candidates-{hashlib.sha256((settings_digest + scan_digest).encode()).hexdigest()[:16]}.arrow"
     _write_candidates(build_dir / candidates, part, row)
