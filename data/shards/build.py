@@ -104,6 +104,7 @@ class BuildResult:
     kept: int = 0  # units of this node found complete from an earlier run
     damaged: list[str] = field(default_factory=list)  # units rebuilt because their tar changed
     other_nodes: int = 0  # units left to the other nodes
+    image_bytes: int = 0  # source image bytes this run read to build its units
     info: dict[str, Any] | None = None  # info.json's content once finalized
     phases: dict[str, dict[str, float]] = field(default_factory=dict)  # CPU and wall seconds per phase
 
@@ -284,7 +285,7 @@ def build_shards(reader: CorpusReader, config: BuildConfig, progress: bool = Fal
             result.info = finalize(config.out)
     result.phases = clock.phases
     clock.extra.update(built=result.built, kept=result.kept, damaged=result.damaged, other_nodes=result.other_nodes,
-                       finalized=result.finalized)
+                       built_image_bytes=result.image_bytes, finalized=result.finalized)
     clock.write("done")
     return result
 
@@ -318,7 +319,7 @@ def _scan(reader: CorpusReader, scanner: Scanner, config: BuildConfig, scan_dir:
     and what this run scanned (chunks, records)."""
     done = {p.name for p in scan_dir.glob("part-*.parquet")}
     chunks = 0
-    scanned = {"chunks": 0, "records": 0}
+    scanned = {"chunks": 0, "records": 0, "image_bytes": 0}
     bar = _ProgressBar(desc=f"scan (node {config.node_rank})", unit=" rows", unit_scale=True, disable=not progress)
 
     def mine() -> Iterator[tuple[int, Any]]:
@@ -334,6 +335,7 @@ def _scan(reader: CorpusReader, scanner: Scanner, config: BuildConfig, scan_dir:
             bar.update(summary.records)
             scanned["chunks"] += 1
             scanned["records"] += summary.records
+            scanned["image_bytes"] += summary.image_bytes
     finally:
         bar.close()
     return chunks, scanned
@@ -409,7 +411,8 @@ def _build(plan: Plan, config: BuildConfig, context: UnitContext, result: BuildR
     try:
         found = _map(config.workers, lambda unit: ensure_unit(unit, context), ensure_unit_in_worker, iter(mine),
                      init_worker, (context,))
-        for unit, (state, count) in zip(mine, found):
+        for unit, (state, count, image_bytes) in zip(mine, found):
+            result.image_bytes += image_bytes
             if state == "done":
                 result.kept += 1
             else:

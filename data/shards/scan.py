@@ -12,8 +12,8 @@ reader's own chunks). Per chunk a worker
   blake2b-128 of the image bytes, read once (rows of the chunk that name the same source share
   one read), or why there is none (``missing_image``, ``too_large``);
 - writes the labelled rows, in corpus order, as ``part-NNNNNN.parquet`` (atomically) in the scan
-  directory. Its Parquet metadata holds the chunk's record count and its ``no_label`` count and
-  first keys.
+  directory. Its Parquet metadata holds the chunk's record count, its ``no_label`` count and
+  first keys, and the image bytes the scan read.
 
 A part is what the serial plan (:mod:`data.shards.plan`) reads, and only its fixed-width columns
 (:data:`PLAN_COLUMNS`: 16-byte key and image digests, a status byte, the split); the build phase
@@ -116,14 +116,16 @@ class PartSummary:
     records: int
     labelled: int
     no_label: SkipReport
+    image_bytes: int = 0  # image bytes the scan read (each image source of the chunk once)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": SCAN_FORMAT, "chunk": self.index, "records": self.records,
-                "labelled": self.labelled, "no_label": self.no_label.to_dict()}
+                "labelled": self.labelled, "no_label": self.no_label.to_dict(), "image_bytes": self.image_bytes}
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> "PartSummary":
-        return cls(obj["chunk"], obj["records"], obj["labelled"], SkipReport.from_dict(obj["no_label"]))
+        return cls(obj["chunk"], obj["records"], obj["labelled"], SkipReport.from_dict(obj["no_label"]),
+                   obj.get("image_bytes", 0))
 
 
 def read_summary(path: Path) -> PartSummary:
@@ -163,11 +165,12 @@ class Scanner:
         if len(unlabelled):
             no_label.examples = {"no_label": keys.take(unlabelled[:no_label.max_examples]).to_pylist()}
         rows = np.flatnonzero(labelled)
-        table = self._rows(batch, keys, occurrences, labels, rows)
-        return table, PartSummary(index, len(batch), len(rows), no_label)
+        table, image_bytes = self._rows(batch, keys, occurrences, labels, rows)
+        return table, PartSummary(index, len(batch), len(rows), no_label, image_bytes)
 
     def _rows(self, batch: RecordBatch, keys: pa.StringArray, occurrences: TagOccurrences, labels: pa.ListArray,
-              rows: np.ndarray) -> pa.Table:
+              rows: np.ndarray) -> tuple[pa.Table, int]:
+        """The part table of the labelled ``rows``, and the image bytes read for it."""
         take = pa.array(rows, pa.int64())
         source_keys = keys.take(take).to_pylist()
         label_lists = labels.take(take)
@@ -175,26 +178,27 @@ class Scanner:
         meta = _meta_rows(batch.meta, take)
         images = [batch.images[i] for i in rows.tolist()] if batch.images is not None else [None] * len(rows)
         columns = _RowColumns(len(rows))
-        cache: dict[ImageSource, tuple[int, bytes]] = {}
+        cache: dict[ImageSource, tuple[int, bytes, int]] = {}
         details = _detail_texts(label_lists, tag_lists)
         for i, (source_key, image, row_meta, detail) in enumerate(zip(source_keys, images, meta, details)):
             key = tar_safe_key(source_key)
             source = self.resolver.resolve(Record(source_key, [], image, row_meta))
             status, digest = IMAGE_MISSING, _NO_DIGEST
             if source is not None:
-                status, digest = cache.get(source) or cache.setdefault(source, self._digest(source))
+                status, digest, _ = cache.get(source) or cache.setdefault(source, self._digest(source))
             provenance = {name: row_meta[name] for name in PROVENANCE_FIELDS if _json_scalar(row_meta.get(name))}
             columns.add(i, key, source_key, self.val_fraction, source, status, digest, provenance, detail)
-        return columns.table(label_lists, tag_lists)
+        return columns.table(label_lists, tag_lists), sum(size for _, _, size in cache.values())
 
-    def _digest(self, source: ImageSource) -> tuple[int, bytes]:
+    def _digest(self, source: ImageSource) -> tuple[int, bytes, int]:
+        """The image's status, the digest of its bytes and how many bytes were read."""
         try:
             data = read_image(source, self.max_image_bytes)
         except MissingImage:
-            return IMAGE_MISSING, _NO_DIGEST
+            return IMAGE_MISSING, _NO_DIGEST, 0
         except ImageSkip:
-            return IMAGE_TOO_LARGE, _NO_DIGEST
-        return IMAGE_OK, hashlib.blake2b(data, digest_size=16).digest()
+            return IMAGE_TOO_LARGE, _NO_DIGEST, 0
+        return IMAGE_OK, hashlib.blake2b(data, digest_size=16).digest(), len(data)
 
     def write(self, table: pa.Table, summary: PartSummary) -> None:
         """Write one part atomically: a part present in the scan directory is complete."""

@@ -100,6 +100,7 @@ class UnitSamples:
     labels: Counter = field(default_factory=Counter)
     skips: SkipReport = field(default_factory=SkipReport)
     near: list[dict[str, Any]] = field(default_factory=list)
+    image_bytes: int = 0  # source image bytes read
 
 
 def convert_candidates(candidates: list[Candidate], context: UnitContext) -> UnitSamples:
@@ -107,7 +108,9 @@ def convert_candidates(candidates: list[Candidate], context: UnitContext) -> Uni
     result = UnitSamples()
     for candidate in candidates:
         try:
-            converted = convert(read_image(candidate.image), context.image)
+            data = read_image(candidate.image)
+            result.image_bytes += len(data)
+            converted = convert(data, context.image)
         except MissingImage:
             result.skips.add("missing_image", candidate.source_key)
             continue
@@ -140,19 +143,19 @@ def build_unit(unit: Unit, context: UnitContext) -> dict[str, Any]:
         "unit": unit.name, "split": unit.split, "index": unit.index, "fingerprint": unit.fingerprint,
         "candidates": unit.count, "samples": len(samples.members) // 2, "bytes": size, "sha256": sha256,
         "label_counts": {str(k): v for k, v in sorted(samples.labels.items())},
-        "skips": samples.skips.to_dict(), "near_duplicates": samples.near,
+        "skips": samples.skips.to_dict(), "near_duplicates": samples.near, "image_bytes_read": samples.image_bytes,
     }
     write_json(manifest_file, manifest, indent=None)
     return manifest
 
 
-def ensure_unit(unit: Unit, context: UnitContext, check: bool = True) -> tuple[str, int]:
+def ensure_unit(unit: Unit, context: UnitContext, check: bool = True) -> tuple[str, int, int]:
     """Keep ``unit``'s shard when :func:`check_unit` finds it done, else build it; returns what was
-    found (``done``, ``damaged`` or ``missing``) and the unit's candidate count."""
+    found (``done``, ``damaged`` or ``missing``), the unit's candidate count and the image bytes
+    read to build it (0 when kept)."""
     found = check_unit(unit, context.out_dir) if check else "missing"
-    if found != "done":
-        build_unit(unit, context)
-    return found, unit.count
+    read = build_unit(unit, context)["image_bytes_read"] if found != "done" else 0
+    return found, unit.count, read
 
 
 # Worker-process state: set once by the pool initializer so units travel without the eval index.
@@ -164,11 +167,11 @@ def init_worker(context: UnitContext) -> None:
     _CONTEXT = context
 
 
-def ensure_unit_in_worker(unit: Unit) -> tuple[str, int]:
+def ensure_unit_in_worker(unit: Unit) -> tuple[str, int, int]:
     assert _CONTEXT is not None, "init_worker was not run in this process"
     return ensure_unit(unit, _CONTEXT)
 
 
-def rebuild_unit_in_worker(unit: Unit) -> tuple[str, int]:
+def rebuild_unit_in_worker(unit: Unit) -> tuple[str, int, int]:
     assert _CONTEXT is not None, "init_worker was not run in this process"
     return ensure_unit(unit, _CONTEXT, check=False)

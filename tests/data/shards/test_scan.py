@@ -68,6 +68,9 @@ def test_a_chunk_becomes_a_part_of_its_labelled_rows(tmp_path):
     summary = scanner((3, chunk))
     assert (summary.index, summary.records, summary.labelled) == (3, 8, 6)
     assert summary.no_label.counts == {"no_label": 2} and summary.no_label.examples == {"no_label": ["b", "i"]}
+    # Each image the labelled rows name is read once (p2 serves two rows); unlabelled rows' images and
+    # the one over the limit are not read.
+    assert summary.image_bytes == sum(len(images[name]) for name in ("p0.jpg", "p2.jpg", "p4.jpg"))
     part = pq.read_table(tmp_path / "scan" / part_name(3))
     assert read_summary(tmp_path / "scan" / part_name(3)) == summary
     keys = ["a", "c", "d", "e", "f/g.h", "j"]
