@@ -35,6 +35,7 @@ from data.images.decode import ImageSkip
 from data.tar_member import IMAGE_SUFFIXES, TarMember, is_image_file, split_member_name
 
 _HEX3 = re.compile(r"[0-9a-f]{3}")
+_ROW_HASH = re.compile(r"[0-9a-f]{1,32}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class ImageResolver:
 
     def __init__(self, location: str | Path | None = None) -> None:
         self.location = str(location) if location is not None else None
-        self._mirror: Path | None = None
+        self._mirror: str | None = None  # the mirror's data/images folder
         self._flat: dict[str, str] | None = None
         self._tar_index: dict[str, TarMember] | None = None
         self._root: Path | None = None
@@ -86,9 +87,9 @@ class ImageResolver:
         if path.is_dir():
             self._root = path
             if (path / "data" / "images").is_dir():
-                self._mirror = path / "data" / "images"
+                self._mirror = str(path / "data" / "images")
             elif _looks_like_mirror(path):
-                self._mirror = path
+                self._mirror = str(path)
             elif any(path.glob("*.tar")):
                 self._tar_index = index_img2dataset(sorted(path.glob("*.tar")))
             else:
@@ -136,12 +137,13 @@ class ImageResolver:
         url = record_url(record)
         names = [url_md5(url)] if url else []
         row_hash = record.meta.get("hash")
-        if isinstance(row_hash, str) and re.fullmatch(r"[0-9a-f]{1,32}", row_hash):
+        if isinstance(row_hash, str) and _ROW_HASH.fullmatch(row_hash):
             names.append(row_hash)
         for name in names:
-            path = self._mirror / name[:3] / name[3:6] / f"{name}.jpg"
-            if path.is_file():
-                return FileImage(str(path))
+            # String joins, not pathlib: this runs once per corpus row.
+            path = os.path.join(self._mirror, name[:3], name[3:6], f"{name}.jpg")
+            if os.path.isfile(path):
+                return FileImage(path)
         return None
 
     def _resolve_flat(self, record: Record) -> FileImage | None:

@@ -63,6 +63,7 @@ PROVENANCE_FIELDS = ("photo_id", "id", "download_url", "page_url", "url", "licen
 _RESOLVER_FIELDS = ("download_url", "url", "hash")
 _SOURCE_FILE, _SOURCE_MEMBER, _SOURCE_INLINE = 1, 2, 3
 _NO_DIGEST = bytes(16)
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -180,13 +181,14 @@ class Scanner:
         columns = _RowColumns(len(rows))
         cache: dict[ImageSource, tuple[int, bytes, int]] = {}
         details = _detail_texts(label_lists, tag_lists)
+        fields = [name for name in PROVENANCE_FIELDS if batch.meta is not None and name in batch.meta.column_names]
         for i, (source_key, image, row_meta, detail) in enumerate(zip(source_keys, images, meta, details)):
             key = tar_safe_key(source_key)
             source = self.resolver.resolve(Record(source_key, [], image, row_meta))
             status, digest = IMAGE_MISSING, _NO_DIGEST
             if source is not None:
                 status, digest, _ = cache.get(source) or cache.setdefault(source, self._digest(source))
-            provenance = {name: row_meta[name] for name in PROVENANCE_FIELDS if _json_scalar(row_meta.get(name))}
+            provenance = {name: row_meta[name] for name in fields if _json_scalar(row_meta[name])}
             columns.add(i, key, source_key, self.val_fraction, source, status, digest, provenance, detail)
         return columns.table(label_lists, tag_lists), sum(size for _, _, size in cache.values())
 
@@ -273,7 +275,7 @@ class _RowColumns:
         self.path.append(path)
         self.member.append(member)
         self.inline.append(inline)
-        text = json.dumps(provenance, ensure_ascii=False, separators=(",", ":"))
+        text = _COMPACT_JSON.encode(provenance)
         self.provenance.append(text)
         if status == IMAGE_OK:
             # Everything a sample of this row is made of, but the image's pixels: its bytes' digest
