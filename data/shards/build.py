@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from tqdm import tqdm
 
 from data.atomic_write import write_json
+from data.corpus.lines import LineBlock
 from data.corpus.record import CorpusReader
 from data.errors import UserError
 from data.images.decode import ImageSettings
@@ -326,6 +327,10 @@ def _scan(reader: CorpusReader, scanner: Scanner, config: BuildConfig, scan_dir:
         nonlocal chunks
         for index, chunk in enumerate(reader.chunks()):
             chunks = index + 1
+            if index == 0 and config.num_nodes > 1 and isinstance(chunk, LineBlock) and chunk.data is not None:
+                _say(f"node {config.node_rank}: {reader.describe().get('input')} is compressed: every node "
+                     "decompresses all of it to find its share of the rows; decompress it once (e.g. "
+                     "lbzip2 -dk) and pass the plain file for a multi-node build")
             if index % config.num_nodes == config.node_rank and part_name(index) not in done:
                 remove_temporary_files(scan_dir / part_name(index))  # only this node writes this part
                 yield index, chunk

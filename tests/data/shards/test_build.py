@@ -2,6 +2,7 @@
 webdataset and tar, determinism across worker counts, resume after kill -9, node split."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -159,6 +160,17 @@ def test_node_split_then_finalize_equals_one_full_run(tmp_path):
     assert second.finalized and second.built == first.other_nodes
     finalize(tmp_path / "split")  # an explicit --finalize afterwards changes nothing
     assert built_files(tmp_path / "split") == built_files(tmp_path / "full")
+
+
+def test_a_node_of_several_says_when_its_input_is_compressed(tmp_path, capsys):
+    # Every node decompresses a compressed input whole to find its rows: the user is told once.
+    make_corpus(tmp_path)
+    (tmp_path / "table.jsonl.gz").write_bytes(gzip.compress((tmp_path / "table.jsonl").read_bytes()))
+    config = BuildConfig(tmp_path / "out", tmp_path / "vocab.json", str(tmp_path), shard_size=4, num_nodes=2)
+    build_shards(open_corpus("jsonl", tmp_path / "table.jsonl.gz"), config)
+    assert capsys.readouterr().err.count("is compressed: every node decompresses all of it") == 1
+    build_shards(open_corpus("jsonl", tmp_path / "table.jsonl"), config)
+    assert "compressed" not in capsys.readouterr().err
 
 
 def test_one_node_with_two_workers_and_three_nodes_with_one_give_the_same_bytes(tmp_path):
