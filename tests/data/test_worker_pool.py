@@ -3,14 +3,13 @@ that started them is killed, and ordered_map keeps results in order while readin
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from data.worker_pool import PARENT_CHECK_S, ordered_map, start_pool
-from tests.faults.child_process import alive, wait_gone
+from tests.faults.child_process import workers_left_after_killing
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,16 +29,9 @@ def test_workers_end_when_their_parent_is_killed():
     parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True, cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
     workers = [int(pid) for pid in parent.stdout.readline().split()]
-    try:
-        assert len(workers) == 2 and all(map(alive, workers))
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait()
-        left = wait_gone(workers, timeout=10 * PARENT_CHECK_S + 5)
-        assert not left, f"workers {left} outlived their killed parent"
-    finally:
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    assert len(workers) == 2
+    left = workers_left_after_killing(parent, workers, timeout=10 * PARENT_CHECK_S + 5)
+    assert not left, f"workers {left} outlived their killed parent"
 
 
 def _square_slowly(x: int) -> int:

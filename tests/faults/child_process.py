@@ -128,3 +128,20 @@ def wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
     while any(map(alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return [pid for pid in pids if alive(pid)]
+
+
+def workers_left_after_killing(parent: subprocess.Popen, workers: Sequence[int], timeout: float) -> list[int]:
+    """SIGKILL ``parent`` (whose running pool ``workers`` are) and wait up to ``timeout`` seconds for
+    the workers to end; those still running. Whatever the outcome, nothing is left running after."""
+    try:
+        assert workers and all(map(alive, workers)), f"pool workers {workers} were not all running"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        return wait_gone(workers, timeout)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 
 from data.worker_pool import PARENT_CHECK_S
-from tests.faults.child_process import alive, children, wait_gone
+from tests.faults.child_process import children, workers_left_after_killing
 from tests.shard_corpus import make_parquet_corpus, node_command
 from tests.shard_factory import built_files
 
@@ -105,14 +105,7 @@ def test_a_killed_builder_leaves_no_worker_behind(corpus, tmp_path):
                             text=True)
     _wait_until(lambda: (out / ".build" / "train-000000.json").exists())
     workers = children(node.pid)
-    assert len(workers) == 2 and all(map(alive, workers))
-    os.kill(node.pid, signal.SIGKILL)
-    node.wait()
-    try:
-        assert not (out / "info.json").exists(), "the build finished before it could be killed"
-        left = wait_gone(workers, timeout=10 * PARENT_CHECK_S + 5)
-        assert not left, f"pool workers {left} outlived the killed builder"
-    finally:
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    assert len(workers) == 2
+    left = workers_left_after_killing(node, workers, timeout=10 * PARENT_CHECK_S + 5)
+    assert not (out / "info.json").exists(), "the build finished before it could be killed"
+    assert not left, f"pool workers {left} outlived the killed builder"
