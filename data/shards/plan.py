@@ -20,8 +20,9 @@ string beyond the skip examples, in corpus order (parts in chunk order, rows in 
 "First in corpus order" is found by sorting: a stable sort of the digests' first 8 bytes keeps equal
 values in corpus order, so the first of each run of equal values is its first copy (all 16 bytes
 are compared; two digests that share only their first 8 bytes are sorted on all 16). The plan holds
-about 50 bytes per labelled row at its peak (``scripts/bench/shards_scale.py`` measures it). It writes ``candidates-<id>.arrow`` (per unit, in unit order, the part and row of
-each candidate) and then ``plan.json`` (the settings, the skips, and per unit its name, order,
+about 70 bytes per labelled row at its peak (``scripts/bench/shards_scale.py`` measures it). It
+writes ``candidates-<id>.arrow`` (per unit, in unit order, the part and row of each candidate) and
+then ``plan.json`` (the settings, the skips, and per unit its name, order,
 candidate range and fingerprint); plan.json's presence means the plan is complete.
 """
 from __future__ import annotations
@@ -30,14 +31,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.atomic_write import atomic_open, write_json
-from data.errors import UserError
 from data.shards.directory import SPLITS
 from data.shards.scan import IMAGE_OK, IMAGE_SKIPS, part_name, read_part_rows, read_summary
 from data.skip_report import SkipReport
