@@ -6,7 +6,9 @@
 Writes ``train-NNNNNN.tar`` / ``val-NNNNNN.tar`` (each sample ``<key>.jpg`` + ``<key>.json`` with
 ``labels`` and ``tags``), ``info.json``, ``report.json`` (skips by reason, near-duplicates) and
 ``label_histogram.png`` into --out. Rerunning the same command after an interruption keeps the
-finished shards and ends byte-identical to an uninterrupted run. See docs/shards.md.
+finished shards and ends byte-identical to an uninterrupted run. Several nodes: the same command on
+each with --node-rank R --num-nodes N and a shared --out (scripts/slurm/build_shards.sbatch). See
+docs/shards.md.
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from data.shards.build import DEFAULT_SHARD_SIZE, DEFAULT_VAL_FRACTION, BuildCon
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Multi-node: run the same command with --node-rank R --num-nodes N on each node (a "
-               "shared --out); the last node to finish writes info.json, or run --finalize after.",
+        epilog="Multi-node: run the same command with --node-rank R --num-nodes N on every node at once "
+               "(a shared --out): each scans its share of the corpus, node 0 plans, each builds its share "
+               "of the shards; the last node to finish writes info.json, or run --finalize after.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io_group = parser.add_argument_group("inputs and outputs")
     io_group.add_argument("--source", choices=SOURCES, help="corpus format of --input")
@@ -65,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run_group.add_argument("--node-rank", type=int, default=0, help="this node's rank")
     run_group.add_argument("--num-nodes", type=int, default=1, help="number of nodes sharing the build")
     run_group.add_argument("--finalize", action="store_true",
-                           help="only write info.json/report.json from the finished shards of all nodes")
+                           help="only write info.json/report.json from the finished shards of all nodes, "
+                                "after checking every shard against its recorded sha256 (a damaged one is "
+                                "rebuilt)")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     reader_group = parser.add_argument_group("reader options")
@@ -116,18 +121,23 @@ def summary(info: dict, out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.finalize:
-        print(summary(finalize(args.out), args.out))
+        print(summary(finalize(args.out, verify=True, workers=args.workers, progress=not args.no_progress), args.out))
         return 0
     config = config_from(args)
     # open_corpus checks that each option given applies to --source.
     reader = open_corpus(args.source, args.input, **{name: getattr(args, name) for name in READER_OPTIONS})
     result = build_shards(reader, config, progress=not args.no_progress)
+    if result.damaged:
+        print(f"rebuilt {len(result.damaged)} shard(s) whose bytes no longer matched their recorded sha256: "
+              f"{', '.join(result.damaged[:10])}{' ...' if len(result.damaged) > 10 else ''}")
     if result.finalized:
         print(summary(result.info, args.out))
     else:
         print(f"node {config.node_rank}/{config.num_nodes}: built {result.built} shard(s), kept "
               f"{result.kept} from an earlier run; {result.other_nodes} belong to other nodes. "
               f"When every node is done, run: python scripts/build_shards.py --out {args.out} --finalize")
+    print(f"node {config.node_rank} CPU seconds by phase: "
+          + ", ".join(f"{phase} {cost['cpu_s']:.1f}" for phase, cost in result.phases.items()))
     return 0
 
 

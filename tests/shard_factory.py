@@ -85,3 +85,10 @@ def simple_shards(root: Path, sizes: Sequence[int], num_labels: int = 5, split: 
     """Shards of ``sizes[i]`` good samples each; keys ``s<shard>_<i>``, label ``i % num_labels``."""
     shards = [[Sample(f"s{s}_{i:04d}", [i % num_labels]) for i in range(n)] for s, n in enumerate(sizes)]
     return write_shard_dir(root, shards, num_labels, split, size, seed)
+
+
+def built_files(directory: Path) -> dict[str, bytes]:
+    """Every file of a built shard directory a user gets, by path: the builder's own state in
+    ``.build/`` (scan parts, plan, manifests, per-node timings) is left out."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and ".build" not in p.relative_to(directory).parts}

@@ -183,10 +183,16 @@ def check_script_flags(words: list[str], monkeypatch) -> None:
 
 
 ARGUMENT_CHECKED = [c for c in COMMANDS if c[0] in ("python", "torchrun", "sbatch")]
+# Batch scripts that hand their arguments to a script of ours (the others take a pretraining recipe).
+SBATCH_RUNS_SCRIPT = {"scripts/slurm/build_shards.sbatch": "scripts/build_shards.py"}
 
 
 @pytest.mark.parametrize("words", ARGUMENT_CHECKED, ids=[" ".join(c[:6]) for c in ARGUMENT_CHECKED])
 def test_readme_command_arguments_are_accepted(words, monkeypatch):
+    if words[0] == "sbatch" and words[sbatch_script(words)] in SBATCH_RUNS_SCRIPT:
+        at = sbatch_script(words)
+        check_script_flags(["python", SBATCH_RUNS_SCRIPT[words[at]], *words[at + 1:]], monkeypatch)
+        return
     if words[0] == "torchrun":
         check_torchrun_flags(words)
     if words[0] == "python" and words[1].endswith(".py"):

@@ -14,20 +14,23 @@ far above.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import tarfile
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
+from data.atomic_write import write_bytes
 from data.errors import UserError
 from data.images.decode import DEFAULT_MAX_PIXELS, ImageSettings, ImageSkip, decode, open_untrusted
-from data.tar_member import IMAGE_SUFFIXES, is_image_file, split_member_name
+from data.images.sources import FileImage, MissingImage, read_image
+from data.tar_member import IMAGE_SUFFIXES, TarMember, is_image_file, split_member_name
+from data.worker_pool import ordered_map
 
 HASH_SIDE = 32
 HASH_BITS = 8
@@ -85,13 +88,29 @@ class EvalIndex:
         return {"source": self.source, "images": len(self.names), "unreadable": self.unreadable,
                 "hash": f"dct-phash-{HASH_BITS * HASH_BITS}", "threshold": self.threshold}
 
+    def save(self, path: str | Path) -> None:
+        """Write the index (atomically) for :meth:`load`: a build's later phases and ``--finalize``
+        use the index its plan was made with, wherever the eval set is by then."""
+        buffer = io.BytesIO()
+        np.savez(buffer, hashes=self.hashes, names=np.array(self.names, dtype=str),
+                 about=np.array([self.source, str(self.threshold), str(self.unreadable)], dtype=str))
+        write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EvalIndex":
+        with np.load(path, allow_pickle=False) as saved:
+            source, threshold, unreadable = saved["about"].tolist()
+            return cls(saved["hashes"].astype(np.uint64), saved["names"].tolist(), int(threshold), source,
+                       int(unreadable))
+
 
 def eval_images(location: str | Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
     """(name, read bytes) of every image in an eval set, in a stable order.
 
     ``location`` is a directory tree of images (e.g. an ImageFolder), a directory of WebDataset
     shards, one ``.tar`` file, or a glob pattern of tars. Tar members are read in place, never
-    extracted, and their names are only labels.
+    extracted, and their names are only labels. Reading goes through
+    :func:`data.images.sources.read_image`, with its size limit.
     """
     path = Path(location)
     if path.is_dir():
@@ -103,7 +122,7 @@ def eval_images(location: str | Path) -> Iterator[tuple[str, Callable[[], bytes]
         if not files:
             raise UserError(f"--exclude-near {location}: no images or .tar shards found in that directory")
         for file in files:
-            yield str(file.relative_to(path)), file.read_bytes
+            yield str(file.relative_to(path)), functools.partial(read_image, FileImage(str(file)))
         return
     tars = sorted(Path(p) for p in glob.glob(str(location)) if p.endswith(".tar") and Path(p).is_file())
     if not tars:
@@ -117,11 +136,10 @@ def _tar_images(tars: Sequence[Path]) -> Iterator[tuple[str, Callable[[], bytes]
         try:
             with tarfile.open(tar, "r:") as archive:
                 members = [m for m in archive.getmembers() if m.isfile() and _is_sample_image(m.name)]
-                for member in members:
-                    data = archive.extractfile(member).read()
-                    yield f"{tar.name}:{member.name}", (lambda data=data: data)
         except (OSError, tarfile.TarError) as err:
             raise UserError(f"--exclude-near: cannot read shard {tar}: {err}") from None
+        for member in members:
+            yield f"{tar.name}:{member.name}", functools.partial(read_image, TarMember.of(tar, member))
 
 
 def _is_sample_image(name: str) -> bool:
@@ -143,13 +161,14 @@ def _hash_batch(batch: list[bytes], settings: ImageSettings) -> list[int | None]
 
 
 def build_eval_index(location: str | Path, settings: ImageSettings = ImageSettings(),
-                     threshold: int = DEFAULT_THRESHOLD, executor: Executor | None = None,
+                     threshold: int = DEFAULT_THRESHOLD, pool: Any = None,
                      batch_size: int = 64, progress: Callable[[int], None] | None = None) -> EvalIndex:
-    """Hash every image of an eval set (see :func:`eval_images`); unreadable ones are counted."""
+    """Hash every image of an eval set (see :func:`eval_images`), on ``pool`` (a
+    :func:`data.worker_pool.start_pool`) when given; unreadable ones are counted."""
     names: list[str] = []
     hashes: list[int] = []
     unreadable = 0
-    for batch_names, values in _hash_in_batches(eval_images(location), settings, executor, batch_size):
+    for batch_names, values in _hash_in_batches(eval_images(location), settings, pool, batch_size):
         for name, value in zip(batch_names, values):
             if value is None:
                 unreadable += 1
@@ -162,30 +181,40 @@ def build_eval_index(location: str | Path, settings: ImageSettings = ImageSettin
 
 
 def _hash_in_batches(items: Iterable[tuple[str, Callable[[], bytes]]], settings: ImageSettings,
-                     executor: Executor | None, batch_size: int) -> Iterator[tuple[list[str], list]]:
+                     pool: Any, batch_size: int) -> Iterator[tuple[list[str], list]]:
     def batches() -> Iterator[tuple[list[str], list[bytes]]]:
         names, blobs = [], []
         for name, read in items:
             names.append(name)
-            blobs.append(read())
+            blobs.append(_read_or_empty(read))
             if len(names) == batch_size:
                 yield names, blobs
                 names, blobs = [], []
         if names:
             yield names, blobs
 
-    if executor is None:
+    hash_batch = functools.partial(_hash_batch, settings=settings)
+    if pool is None:
         for names, blobs in batches():
-            yield names, _hash_batch(blobs, settings)
+            yield names, hash_batch(blobs)
         return
-    pending = []
-    for names, blobs in batches():
-        pending.append((names, executor.submit(_hash_batch, blobs, settings)))
-        if len(pending) >= 8:
-            names, future = pending.pop(0)
-            yield names, future.result()
-    for names, future in pending:
-        yield names, future.result()
+    pending: list[list[str]] = []
+
+    def blobs_only() -> Iterator[list[bytes]]:
+        for names, blobs in batches():
+            pending.append(names)
+            yield blobs
+
+    for values in ordered_map(pool, hash_batch, blobs_only(), ahead=8):
+        yield pending.pop(0), values
+
+
+def _read_or_empty(read: Callable[[], bytes]) -> bytes:
+    """The image's bytes; empty (so: unreadable) when it is gone or over the size limit."""
+    try:
+        return read()
+    except (MissingImage, ImageSkip):
+        return b""
 
 
 @dataclass

@@ -31,9 +31,11 @@ from urllib.parse import urlsplit
 
 from data.corpus.record import Record
 from data.errors import UserError
+from data.images.decode import ImageSkip
 from data.tar_member import IMAGE_SUFFIXES, TarMember, is_image_file, split_member_name
 
 _HEX3 = re.compile(r"[0-9a-f]{3}")
+_ROW_HASH = re.compile(r"[0-9a-f]{1,32}")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class InlineImage:
 
 
 ImageSource = Union[FileImage, TarMember, InlineImage]
+
+
+#: the most bytes an encoded image may have: far above any web photo (a 100-megapixel JPEG is
+#: 20-50 MB), and a bound on what one read may hold in memory, whatever a tar header claims
+MAX_IMAGE_BYTES = 64 << 20
 
 
 class MissingImage(Exception):
@@ -69,7 +76,7 @@ class ImageResolver:
 
     def __init__(self, location: str | Path | None = None) -> None:
         self.location = str(location) if location is not None else None
-        self._mirror: Path | None = None
+        self._mirror: str | None = None  # the mirror's data/images folder
         self._flat: dict[str, str] | None = None
         self._tar_index: dict[str, TarMember] | None = None
         self._root: Path | None = None
@@ -80,9 +87,9 @@ class ImageResolver:
         if path.is_dir():
             self._root = path
             if (path / "data" / "images").is_dir():
-                self._mirror = path / "data" / "images"
+                self._mirror = str(path / "data" / "images")
             elif _looks_like_mirror(path):
-                self._mirror = path
+                self._mirror = str(path)
             elif any(path.glob("*.tar")):
                 self._tar_index = index_img2dataset(sorted(path.glob("*.tar")))
             else:
@@ -130,12 +137,13 @@ class ImageResolver:
         url = record_url(record)
         names = [url_md5(url)] if url else []
         row_hash = record.meta.get("hash")
-        if isinstance(row_hash, str) and re.fullmatch(r"[0-9a-f]{1,32}", row_hash):
+        if isinstance(row_hash, str) and _ROW_HASH.fullmatch(row_hash):
             names.append(row_hash)
         for name in names:
-            path = self._mirror / name[:3] / name[3:6] / f"{name}.jpg"
-            if path.is_file():
-                return FileImage(str(path))
+            # String joins, not pathlib: this runs once per corpus row.
+            path = os.path.join(self._mirror, name[:3], name[3:6], f"{name}.jpg")
+            if os.path.isfile(path):
+                return FileImage(path)
         return None
 
     def _resolve_flat(self, record: Record) -> FileImage | None:
@@ -202,12 +210,36 @@ def _json_url(raw: bytes) -> str | None:
     return url if isinstance(url, str) else None
 
 
-def read_image(source: ImageSource) -> bytes:
-    """The bytes of ``source``; :class:`MissingImage` when its file or tar member cannot be read."""
+def read_image(source: ImageSource, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of ``source``; :class:`MissingImage` when its file or tar member cannot be read,
+    ``ImageSkip("too_large")`` when it holds more than ``max_bytes`` (checked from the tar header or
+    the file's size before anything is read, so a hostile multi-gigabyte member never reaches memory)."""
     if isinstance(source, InlineImage):
+        _check_size(len(source.data), max_bytes, "inline image")
         return source.data
     try:
-        return source.read() if isinstance(source, TarMember) else Path(source.path).read_bytes()
+        if isinstance(source, TarMember):
+            _check_size(source.size, max_bytes, f"{source.tar}: member {source.member!r}")
+            return source.read()
+        with open(source.path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            _check_size(size, max_bytes, source.path)
+            data = _read_up_to(f, (size or max_bytes) + 1)  # a size of 0 may mean "unknown" (/proc, a pipe)
+        _check_size(len(data), max_bytes, source.path)
+        return data
     except OSError as err:
         where = source.tar if isinstance(source, TarMember) else source.path
         raise MissingImage(f"{where}: {err.strerror}" if err.strerror else str(err)) from None
+
+
+def _read_up_to(f, limit: int) -> bytes:
+    parts = []
+    while limit > 0 and (part := f.read(limit)):
+        parts.append(part)
+        limit -= len(part)
+    return b"".join(parts)
+
+
+def _check_size(size: int, max_bytes: int, where: str) -> None:
+    if size > max_bytes:
+        raise ImageSkip("too_large", f"{where}: {size} bytes, more than the {max_bytes} an image may have")

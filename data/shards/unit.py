@@ -1,11 +1,14 @@
-"""Building one work unit: read, convert and check its images, write its shard and manifest.
+"""The build phase, one work unit at a time: read, convert and check its images, write its shard
+and manifest.
 
-A unit depends only on itself and the build settings, so units can be built by any worker on any
-node, in any order. The shard (``<split>-NNNNNN.tar``) is written atomically first, then its manifest
-(``.build/<split>-NNNNNN.json``: sample count, bytes, sha256, label counts, skips, near-duplicate
-matches, and the unit's fingerprint). A shard counts as done only when its manifest is present,
-its fingerprint matches the current plan and the tar has the recorded size, so a build killed at
-any point resumes by rebuilding exactly the units that lack that.
+A unit depends only on the plan and the build settings, so units can be built by any worker on any
+node, in any order. Its candidates are read back from the scan's parts (:func:`data.shards.scan.
+read_candidates`); the shard (``<split>-NNNNNN.tar``) is written atomically and hashed while it is
+written, then its manifest (``.build/<split>-NNNNNN.json``: sample count, bytes, sha256, label
+counts, skips, near-duplicate matches, and the unit's fingerprint). A shard counts as done only
+when its manifest is present, its fingerprint matches the current plan and the tar still has the
+sha256 the manifest recorded (:func:`check_unit` reads it back), so a build killed at any point, or
+a shard damaged after it was written, is rebuilt and nothing else is.
 """
 from __future__ import annotations
 
@@ -20,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from data.atomic_write import write_json
-from data.images.sources import MissingImage, read_image
 from data.images.decode import ImageSettings, ImageSkip, convert
 from data.images.near_duplicates import EvalIndex, phash
-from data.shards.plan import Candidate, Unit
-from data.skip_report import SkipReport
+from data.images.sources import MissingImage, read_image
+from data.shards.plan import Plan, Unit
+from data.shards.scan import Candidate, read_candidates
 from data.shards.tar_writer import write_tar
+from data.skip_report import SkipReport
 
 BUILD_DIR = ".build"
 
@@ -36,7 +40,8 @@ class UnitContext:
 
     out_dir: str
     image: ImageSettings
-    settings_digest: str
+    plan: Plan
+    scan_dir: str
     eval_index: EvalIndex | None = None
 
 
@@ -44,13 +49,20 @@ def manifest_path(out_dir: str | Path, name: str) -> Path:
     return Path(out_dir) / BUILD_DIR / f"{name}.json"
 
 
-def is_complete(unit: Unit, context: UnitContext) -> bool:
-    """True when the unit's shard and manifest from an earlier run match the current plan."""
-    manifest = read_manifest(context.out_dir, unit.name)
-    if manifest is None or manifest.get("fingerprint") != unit.fingerprint(context.settings_digest):
-        return False
-    tar = Path(context.out_dir) / f"{unit.name}.tar"
-    return tar.is_file() and tar.stat().st_size == manifest.get("bytes")
+def check_unit(unit: Unit, out_dir: str | Path) -> str:
+    """``"done"`` when the unit's shard and manifest from an earlier run match the plan and the tar
+    still has the recorded sha256; ``"damaged"`` when the manifest matches but the tar does not
+    (changed or cut after it was written); ``"missing"`` otherwise."""
+    manifest = read_manifest(out_dir, unit.name)
+    if manifest is None or manifest.get("fingerprint") != unit.fingerprint:
+        return "missing"
+    tar = Path(out_dir) / f"{unit.name}.tar"
+    try:
+        with open(tar, "rb") as f:
+            same = hashlib.file_digest(f, "sha256").hexdigest() == manifest.get("sha256")
+    except OSError:
+        same = False
+    return "done" if same else "damaged"
 
 
 def remove_temporary_files(path: Path, min_age_s: float = 0.0) -> None:
@@ -88,14 +100,17 @@ class UnitSamples:
     labels: Counter = field(default_factory=Counter)
     skips: SkipReport = field(default_factory=SkipReport)
     near: list[dict[str, Any]] = field(default_factory=list)
+    image_bytes: int = 0  # source image bytes read
 
 
-def convert_candidates(unit: Unit, context: UnitContext) -> UnitSamples:
-    """Read, convert and check every candidate of ``unit``, in order."""
+def convert_candidates(candidates: list[Candidate], context: UnitContext) -> UnitSamples:
+    """Read, convert and check every candidate, in order."""
     result = UnitSamples()
-    for candidate in unit.candidates:
+    for candidate in candidates:
         try:
-            converted = convert(read_image(candidate.image), context.image)
+            data = read_image(candidate.image)
+            result.image_bytes += len(data)
+            converted = convert(data, context.image)
         except MissingImage:
             result.skips.add("missing_image", candidate.source_key)
             continue
@@ -117,22 +132,30 @@ def convert_candidates(unit: Unit, context: UnitContext) -> UnitSamples:
 
 def build_unit(unit: Unit, context: UnitContext) -> dict[str, Any]:
     """Build ``unit``'s shard, then its manifest (in that order: see the module docstring)."""
-    samples = convert_candidates(unit, context)
+    refs = context.plan.candidate_refs(Path(context.out_dir) / BUILD_DIR, unit)
+    samples = convert_candidates(read_candidates(context.scan_dir, refs), context)
     tar = Path(context.out_dir) / f"{unit.name}.tar"
     manifest_file = manifest_path(context.out_dir, unit.name)
     remove_temporary_files(tar)
     remove_temporary_files(manifest_file)
-    size = write_tar(tar, samples.members)
+    size, sha256 = write_tar(tar, samples.members)
     manifest = {
-        "unit": unit.name, "split": unit.split, "index": unit.index,
-        "fingerprint": unit.fingerprint(context.settings_digest),
-        "candidates": len(unit.candidates), "samples": len(samples.members) // 2, "bytes": size,
-        "sha256": hashlib.sha256(tar.read_bytes()).hexdigest(),
+        "unit": unit.name, "split": unit.split, "index": unit.index, "fingerprint": unit.fingerprint,
+        "candidates": unit.count, "samples": len(samples.members) // 2, "bytes": size, "sha256": sha256,
         "label_counts": {str(k): v for k, v in sorted(samples.labels.items())},
-        "skips": samples.skips.to_dict(), "near_duplicates": samples.near,
+        "skips": samples.skips.to_dict(), "near_duplicates": samples.near, "image_bytes_read": samples.image_bytes,
     }
     write_json(manifest_file, manifest, indent=None)
     return manifest
+
+
+def ensure_unit(unit: Unit, context: UnitContext, check: bool = True) -> tuple[str, int, int]:
+    """Keep ``unit``'s shard when :func:`check_unit` finds it done, else build it; returns what was
+    found (``done``, ``damaged`` or ``missing``), the unit's candidate count and the image bytes
+    read to build it (0 when kept)."""
+    found = check_unit(unit, context.out_dir) if check else "missing"
+    read = build_unit(unit, context)["image_bytes_read"] if found != "done" else 0
+    return found, unit.count, read
 
 
 # Worker-process state: set once by the pool initializer so units travel without the eval index.
@@ -144,6 +167,11 @@ def init_worker(context: UnitContext) -> None:
     _CONTEXT = context
 
 
-def build_unit_in_worker(unit: Unit) -> dict[str, Any]:
+def ensure_unit_in_worker(unit: Unit) -> tuple[str, int, int]:
     assert _CONTEXT is not None, "init_worker was not run in this process"
-    return build_unit(unit, _CONTEXT)
+    return ensure_unit(unit, _CONTEXT)
+
+
+def rebuild_unit_in_worker(unit: Unit) -> tuple[str, int, int]:
+    assert _CONTEXT is not None, "init_worker was not run in this process"
+    return ensure_unit(unit, _CONTEXT, check=False)

@@ -23,11 +23,9 @@ cache of the tags canonicalised in Python.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +33,9 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from data.corpus.record import CorpusReader, MalformedReport, RecordBatch
-from data.vocab.tag_arrays import ArrayCanonicalizer
+from data.vocab.tag_arrays import ArrayCanonicalizer, TagOccurrences
 from data.vocab.tags import TagCanonicalizer
+from data.worker_pool import ordered_map, start_pool
 
 # Chunks handed out ahead of the one being merged, per worker: enough to keep workers busy,
 # few enough that the input is never all in memory at once.
@@ -44,9 +43,6 @@ AHEAD_PER_WORKER = 2
 # Partial rows the parent collects before folding them into the running counts: at least this
 # many, and at least as many as the totals hold (so folding costs O(1) per partial row overall).
 MERGE_ROWS = 1 << 18
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass
@@ -116,14 +112,12 @@ class _ChunkCounter:
     def _occurrences(self, batch: RecordBatch) -> tuple[pa.StringArray, np.ndarray, np.ndarray]:
         """The chunk's distinct keys, and for every raw tag occurrence that maps to one, its image
         and the key's index."""
-        flat = pc.list_flatten(batch.tags)
-        raw = pc.dictionary_encode(flat)
-        keys = pc.dictionary_encode(self._keys_of(raw.dictionary))
+        tags = TagOccurrences.of(batch.tags)
+        keys = pc.dictionary_encode(self._keys_of(tags.distinct))
         key_of_raw = keys.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        key = key_of_raw[raw.indices.to_numpy(zero_copy_only=False)]
-        image_of = pc.list_parent_indices(batch.tags).to_numpy(zero_copy_only=False).astype(np.int64)
+        key = key_of_raw[tags.tag]
         counted = key >= 0
-        return keys.dictionary, image_of[counted], key[counted]
+        return keys.dictionary, tags.row[counted], key[counted]
 
     def _keys_of(self, raw: pa.StringArray) -> pa.StringArray:
         """Per distinct raw tag: its counted key (canonical form, or label), null if none."""
@@ -145,25 +139,6 @@ def _count_in_worker(chunk: Any) -> _Partial:
     return _WORKER(chunk)
 
 
-def _ordered_map(pool: Any, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
-    """``pool.imap`` that stops reading ``items`` ``ahead`` results in front of the consumer
-    (``imap`` itself would read the whole input into its task queue)."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.apply_async(fn, (item,)))
-        if len(pending) >= ahead:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork starts workers in milliseconds with the reader already in memory; where it is not
-    # available (Windows, macOS default) spawn pickles the counter to each worker instead.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-
-
 def count_tags(reader: CorpusReader, canonicalizer: TagCanonicalizer,
                label_of: Mapping[str, str] | None = None, workers: int = 0,
                progress: bool = True) -> TagCounts:
@@ -180,9 +155,9 @@ def count_tags(reader: CorpusReader, canonicalizer: TagCanonicalizer,
         if workers == 1:
             merger.add_all(map(counter, reader.chunks()), bar)
         else:
-            with _pool_context().Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
-                merger.add_all(_ordered_map(pool, _count_in_worker, reader.chunks(),
-                                            AHEAD_PER_WORKER * workers), bar)
+            with start_pool(workers, _init_worker, (counter,)) as pool:
+                merger.add_all(ordered_map(pool, _count_in_worker, reader.chunks(), AHEAD_PER_WORKER * workers),
+                               bar)
     return merger.result()
 
 

@@ -24,6 +24,7 @@ checks the result against :class:`TagCanonicalizer` tag by tag.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -57,6 +58,24 @@ def re2_safe(pattern: str) -> bool:
             return False
         position = token.end()
     return True
+
+
+@dataclass(frozen=True)
+class TagOccurrences:
+    """A list column of raw tags, dictionary-encoded: its distinct tags, and for every occurrence
+    the row it is on and the index of its tag among the distinct ones. Whatever is done per tag
+    (decoding, canonicalising, looking up a label) is then done once per distinct tag."""
+
+    distinct: pa.StringArray
+    row: np.ndarray   # int64, per occurrence
+    tag: np.ndarray   # int32/int64 index into ``distinct``, per occurrence
+    rows: int         # rows of the column
+
+    @classmethod
+    def of(cls, tags: pa.ListArray) -> "TagOccurrences":
+        raw = pc.dictionary_encode(pc.list_flatten(tags))
+        row = pc.list_parent_indices(tags).to_numpy(zero_copy_only=False).astype(np.int64)
+        return cls(raw.dictionary, row, raw.indices.to_numpy(zero_copy_only=False), len(tags))
 
 
 class ArrayCanonicalizer:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Sequence
@@ -97,3 +98,50 @@ class _PipeReader:
     def text(self) -> str:
         self._thread.join(timeout=30)
         return b"".join(self._parts).decode("utf-8", "replace")
+
+
+def alive(pid: int) -> bool:
+    """The process runs (it is neither gone nor a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
+    """Wait up to ``timeout`` seconds for ``pids`` to end; those still running."""
+    deadline = time.monotonic() + timeout
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [pid for pid in pids if alive(pid)]
+
+
+def workers_left_after_killing(parent: subprocess.Popen, workers: Sequence[int], timeout: float) -> list[int]:
+    """SIGKILL ``parent`` (whose running pool ``workers`` are) and wait up to ``timeout`` seconds for
+    the workers to end; those still running. Whatever the outcome, nothing is left running after."""
+    try:
+        assert workers and all(map(alive, workers)), f"pool workers {workers} were not all running"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        return wait_gone(workers, timeout)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

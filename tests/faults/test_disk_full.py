@@ -25,7 +25,7 @@ from pretrain.train import DebugOptions, train
 from tests.faults.child_process import REPO, run
 from tests.faults.run_checks import assert_every_checkpoint_loads
 from tests.pretrain_runs import job_env, make_shards, write_config
-from tests.shard_factory import photo_like
+from tests.shard_factory import built_files, photo_like
 
 WORDS = ["cat", "dog", "bird"]
 
@@ -41,10 +41,6 @@ def _growing_corpus(root: Path, records: int = 24) -> Path:
             table.write(json.dumps({"key": f"p{i}", "tags": [WORDS[i % 3]], "image": f"img/p{i}.jpg"}) + "\n")
     Vocabulary([Label(i, w, 10) for i, w in enumerate(WORDS)]).save(root / "vocab.json")
     return root
-
-
-def _tree(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_shard_building_on_a_full_disk_fails_with_one_line_and_the_rerun_is_byte_identical(tmp_path):
@@ -70,7 +66,7 @@ def test_shard_building_on_a_full_disk_fails_with_one_line_and_the_rerun_is_byte
 
     again = run(command, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert _tree(out) == _tree(reference)
+    assert built_files(out) == built_files(reference)
     print(f"disk full at {limit} bytes per file after {len(built_before)} of {len(sizes)} shards: {line}")
 
 

@@ -11,6 +11,7 @@ from data.corpus.table import TableReader
 from data.errors import UserError
 from data.images.near_duplicates import (DEFAULT_THRESHOLD, altered_copy, build_eval_index, hamming,
                                   hash_bytes, measure_separation)
+from data.images.sources import MAX_IMAGE_BYTES
 from data.shards.build import BuildConfig, build_shards
 from data.shards.tar_writer import write_tar
 from data.vocab.vocabulary import Label, Vocabulary
@@ -52,9 +53,11 @@ def test_eval_index_from_an_image_folder_tree(tmp_path):
         (folder / f"x{i}.JPEG").write_bytes(data)
     (tmp_path / "val" / "class0" / "broken.jpg").write_bytes(images[0][:100])
     (tmp_path / "val" / "notes.txt").write_text("not an image")
+    with open(tmp_path / "val" / "class1" / "huge.png", "wb") as huge:  # sparse: no disk, no read
+        huge.truncate(MAX_IMAGE_BYTES + 1)
     index = build_eval_index(tmp_path / "val")
     assert index.names == ["class0/x0.JPEG", "class0/x2.JPEG", "class1/x1.JPEG", "class1/x3.JPEG"]
-    assert index.unreadable == 1
+    assert index.unreadable == 2
     assert index.match(hash_bytes(altered_copy(images[1], 80, 60))) [0] == "class1/x1.JPEG"
     assert index.match(hash_bytes(photos(1, seed=99)[0])) is None
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from data.corpus.record import Record
-from data.images.sources import FileImage, ImageResolver, InlineImage, MissingImage, read_image, url_md5
+from data.images.decode import ImageSkip
+from data.images.sources import (MAX_IMAGE_BYTES, FileImage, ImageResolver, InlineImage, MissingImage, read_image,
+                                 url_md5)
 from data.shards.tar_writer import write_tar
 from data.tar_member import TarMember
 from tests.shard_factory import img2dataset_members
@@ -70,3 +72,25 @@ def test_unreadable_images_are_missing_not_errors(tmp_path):
     write_tar(tmp_path / "short.tar", [("a.jpg", b"0123456789")])
     with pytest.raises(MissingImage, match="cut short"):
         read_image(TarMember(str(tmp_path / "short.tar"), "a.jpg", 512, 10_000))
+
+
+def test_images_over_the_size_limit_are_refused_before_they_are_read(tmp_path):
+    write_tar(tmp_path / "t.tar", [("a.jpg", b"x" * 5000), ("b.jpg", b"y" * 100)])
+    with tarfile.open(tmp_path / "t.tar") as archive:
+        big, small = (TarMember.of(tmp_path / "t.tar", archive.getmember(n)) for n in ("a.jpg", "b.jpg"))
+    with pytest.raises(ImageSkip, match="5000 bytes") as refused:
+        read_image(big, max_bytes=4096)
+    assert refused.value.reason == "too_large"
+    assert read_image(small, max_bytes=4096) == b"y" * 100
+    (tmp_path / "big.jpg").write_bytes(b"z" * 5000)
+    with pytest.raises(ImageSkip, match="too_large"):
+        read_image(FileImage(str(tmp_path / "big.jpg")), max_bytes=4096)
+    assert read_image(FileImage(str(tmp_path / "big.jpg")), max_bytes=5000) == b"z" * 5000
+    with pytest.raises(ImageSkip, match="too_large"):
+        read_image(InlineImage(b"w" * 5000), max_bytes=4096)
+    # The default limit, from the header alone: a member claiming 3 GB in a 10 KB file is refused
+    # as too large, not read (it would be "cut short").
+    claims = TarMember(str(tmp_path / "t.tar"), "a.jpg", 512, 3 << 30)
+    assert 3 << 30 > MAX_IMAGE_BYTES
+    with pytest.raises(ImageSkip, match="too_large"):
+        read_image(claims)

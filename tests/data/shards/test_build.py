@@ -2,17 +2,16 @@
 webdataset and tar, determinism across worker counts, resume after kill -9, node split."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tarfile
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -26,63 +25,19 @@ from data.corpus.record import CorpusReader, RecordBatch
 from data.errors import UserError
 from data.images.sources import url_md5
 from data.images.decode import ImageSettings
-from data.shards.plan import tar_safe_key
 from data.shards.build import BuildConfig, build_shards, finalize
+from data.shards.scan import tar_safe_key
 from data.shards.tar_writer import write_tar
 from data.vocab.vocabulary import Label, Vocabulary
-from tests.shard_factory import img2dataset_members, photo_like
+from tests.shard_corpus import REPO, WORDS, builder_command, corpus_arguments, make_corpus, make_parquet_corpus, node_command
+from tests.shard_factory import built_files, img2dataset_members, photo_like
 
-REPO = Path(__file__).resolve().parents[3]
-WORDS = ["cat", "dog", "bird", "fish", "tree"]
-
-
-def _png_bomb_header(width: int = 60_000, height: int = 60_000) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IEND", b""))
-
-
-def make_corpus(root: Path, good: int = 30, size: tuple[int, int] = (80, 60), seed: int = 0) -> dict:
-    """A JSONL table + image folder with ``good`` labelled photos and one record of each bad kind."""
-    rng = np.random.default_rng(seed)
-    images = root / "img"
-    images.mkdir(parents=True)
-    rows = []
-    for i in range(good):
-        (images / f"p{i}.jpg").write_bytes(photo_like(rng, *size))
-        # Spelling variants of the vocab words: '#Cat', 'BIRD', 'tree ' canonicalise to labels.
-        tags = [["#Cat", "Dog"], ["BIRD"], ["fish", "tree ", "holiday"], ["dog"], ["tree", "cat"]][i % 5]
-        rows.append({"key": f"p{i}", "tags": tags, "image": f"img/p{i}.jpg"})
-    (images / "dup.jpg").write_bytes((images / "p3.jpg").read_bytes())
-    cut = photo_like(rng, 200, 150)
-    (images / "cut.jpg").write_bytes(cut[: len(cut) // 2])
-    (images / "bomb.png").write_bytes(_png_bomb_header())
-    (images / "odd.jpg").write_bytes(photo_like(rng, *size))
-    rows += [
-        {"key": "nolabel1", "tags": ["holiday", "2015"], "image": "img/p0.jpg"},
-        {"key": "nolabel2", "tags": [], "image": "img/p1.jpg"},
-        {"key": "gone", "tags": ["cat"], "image": "img/not-there.jpg"},
-        {"key": "copy-of-p3", "tags": ["fish"], "image": "img/dup.jpg"},
-        {"key": "cut", "tags": ["dog"], "image": "img/cut.jpg"},
-        {"key": "bomb", "tags": ["bird"], "image": "img/bomb.png"},
-        {"key": "users/42/photo.v2", "tags": ["cat"], "image": "img/odd.jpg"},
-    ]
-    with open(root / "table.jsonl", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    Vocabulary([Label(i, w, 10 - i) for i, w in enumerate(WORDS)]).save(root / "vocab.json")
-    return {row["key"]: row for row in rows}
 
 
 def build(root: Path, out: str = "shards", **options) -> tuple[BuildConfig, object]:
     settings = {"shard_size": 4, "val_fraction": 0.25, "workers": 1, **options}
     config = BuildConfig(root / out, root / "vocab.json", str(root), **settings)
     return config, build_shards(open_corpus("jsonl", root / "table.jsonl"), config)
-
-
-def tree_bytes(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def read_webdataset(out: Path, split: str, info: dict) -> list[dict]:
@@ -163,13 +118,13 @@ def test_every_skip_is_counted_by_reason(built):
 def test_same_bytes_whatever_the_worker_count(built, tmp_path):
     root, out, _, _ = built
     build(root, out=str(tmp_path / "two-workers"), workers=2)
-    assert tree_bytes(tmp_path / "two-workers") == tree_bytes(out)
+    assert built_files(tmp_path / "two-workers") == built_files(out)
 
 
 def test_resume_keeps_complete_shards_and_rebuilds_damaged_ones(tmp_path):
     make_corpus(tmp_path)
     config, fresh = build(tmp_path)
-    reference = tree_bytes(config.out)
+    reference = built_files(config.out)
     (config.out / "train-000001.tar").write_bytes(b"half a shard")  # tar without a matching manifest
     (config.out / ".build" / "train-000002.json").unlink()  # a shard whose manifest never landed
     (config.out / "info.json").unlink()
@@ -181,7 +136,7 @@ def test_resume_keeps_complete_shards_and_rebuilds_damaged_ones(tmp_path):
     os.utime(stale[-1], (time.time() - 3600, time.time() - 3600))
     _, again = build(tmp_path)
     assert again.built == 2 and again.kept == fresh.built - 2
-    assert tree_bytes(config.out) == reference
+    assert built_files(config.out) == reference
 
 
 def test_changed_settings_rebuild_every_shard(tmp_path):
@@ -190,7 +145,7 @@ def test_changed_settings_rebuild_every_shard(tmp_path):
     _, changed = build(tmp_path, image=ImageSettings(quality=60))
     assert changed.kept == 0
     build(tmp_path, out="fresh", image=ImageSettings(quality=60))
-    assert tree_bytes(tmp_path / "shards") == tree_bytes(tmp_path / "fresh")
+    assert built_files(tmp_path / "shards") == built_files(tmp_path / "fresh")
 
 
 def test_node_split_then_finalize_equals_one_full_run(tmp_path):
@@ -204,11 +159,83 @@ def test_node_split_then_finalize_equals_one_full_run(tmp_path):
     _, second = build(tmp_path, out="split", num_nodes=2, node_rank=1)
     assert second.finalized and second.built == first.other_nodes
     finalize(tmp_path / "split")  # an explicit --finalize afterwards changes nothing
-    assert tree_bytes(tmp_path / "split") == tree_bytes(tmp_path / "full")
+    assert built_files(tmp_path / "split") == built_files(tmp_path / "full")
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, str(REPO / "scripts" / "build_shards.py"), *args]
+def test_a_node_of_several_says_when_its_input_is_compressed(tmp_path, capsys):
+    # Every node decompresses a compressed input whole to find its rows: the user is told once.
+    make_corpus(tmp_path)
+    (tmp_path / "table.jsonl.gz").write_bytes(gzip.compress((tmp_path / "table.jsonl").read_bytes()))
+    config = BuildConfig(tmp_path / "out", tmp_path / "vocab.json", str(tmp_path), shard_size=4, num_nodes=2)
+    build_shards(open_corpus("jsonl", tmp_path / "table.jsonl.gz"), config)
+    assert capsys.readouterr().err.count("is compressed: every node decompresses all of it") == 1
+    build_shards(open_corpus("jsonl", tmp_path / "table.jsonl"), config)
+    assert "compressed" not in capsys.readouterr().err
+
+
+def test_one_node_with_two_workers_and_three_nodes_with_one_give_the_same_bytes(tmp_path):
+    make_parquet_corpus(tmp_path)
+    subprocess.run(node_command(tmp_path, tmp_path / "one", 0, 1, 2), check=True, capture_output=True)
+    # Three nodes started together, meeting through the files of their shared --out.
+    nodes = [subprocess.Popen(node_command(tmp_path, tmp_path / "three", rank, 3, 1), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in range(3)]
+    for node in nodes:
+        out, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-2000:]
+    assert built_files(tmp_path / "three") == built_files(tmp_path / "one")
+    info = json.loads((tmp_path / "three" / "info.json").read_text())
+    # Every chunk (a row group of 4 rows, 10 in all) was scanned by exactly one node, chunk i by node i % 3.
+    reports = [json.loads((tmp_path / "three" / ".build" / f"node-{r}.json").read_text()) for r in range(3)]
+    assert [r["scanned"]["chunks"] for r in reports] == [4, 3, 3]
+    assert sum(r["scanned"]["records"] for r in reports) == info["records_read"] == 37
+    assert sum(r["built"] for r in reports) == len(info["shards"]["train"]) + len(info["shards"]["val"])
+    assert any(r["finalized"] for r in reports)
+    # p3 (chunk 0, node 0) and its byte-identical copy (chunk 8, node 2): the copy is the one dropped.
+    report = json.loads((tmp_path / "three" / "report.json").read_text())
+    assert report["skipped"]["examples"]["duplicate"] == ["copy-of-p3"]
+
+
+def test_finalize_writes_info_json_when_the_last_node_died_before_it(tmp_path):
+    make_parquet_corpus(tmp_path)
+    nodes = [subprocess.Popen(node_command(tmp_path, tmp_path / "out", rank, 2, 1), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for rank in range(2)]
+    assert [node.wait(timeout=300) for node in nodes] == [0, 0]
+    reference = built_files(tmp_path / "out")
+    for name in ("info.json", "report.json", "label_histogram.png"):  # as if the last node died first
+        (tmp_path / "out" / name).unlink()
+    done = subprocess.run(builder_command("--out", str(tmp_path / "out"), "--finalize", "--no-progress"),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "train shard(s)" in done.stdout and built_files(tmp_path / "out") == reference
+
+
+def test_slurm_script_runs_one_builder_per_task_and_they_give_the_bytes_of_one_node(tmp_path):
+    make_parquet_corpus(tmp_path)
+    script = REPO / "scripts" / "slurm" / "build_shards.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    # SLURM's srun stands in as a stub that starts its command once per task, each with its
+    # SLURM_PROCID, concurrently, as on SLURM_NTASKS nodes; it records its own options.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(
+        "#!/bin/bash\n"
+        f'echo "$@" > {tmp_path}/srun.args\n'
+        'while [[ "$1" == --* ]]; do shift; done\n'
+        'pids=(); for ((i = 0; i < SLURM_NTASKS; i++)); do SLURM_PROCID=$i "$@" & pids+=($!); done\n'
+        'rc=0; for p in "${pids[@]}"; do wait "$p" || rc=$?; done; exit $rc\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_NTASKS": "3", "SLURM_CPUS_PER_TASK": "1",
+           "PYTHON": sys.executable, "BUILDER": str(REPO / "scripts" / "build_shards.py")}
+    done = subprocess.run(["bash", str(script), *corpus_arguments(tmp_path, tmp_path / "slurm")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--kill-on-bad-exit=1" in (tmp_path / "srun.args").read_text()
+    subprocess.run(node_command(tmp_path, tmp_path / "one", 0, 1, 1), check=True, capture_output=True)
+    assert built_files(tmp_path / "slurm") == built_files(tmp_path / "one")
+    reports = [json.loads((tmp_path / "slurm" / ".build" / f"node-{r}.json").read_text()) for r in range(3)]
+    assert [(r["node_rank"], r["num_nodes"], r["workers"]) for r in reports] == [(0, 3, 1), (1, 3, 1), (2, 3, 1)]
+    usage = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage: sbatch" in usage.stderr
 
 
 def test_resume_after_kill_is_byte_identical(tmp_path):
@@ -216,9 +243,9 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
     common = ["--source", "jsonl", "--input", str(tmp_path / "table.jsonl"), "--images", str(tmp_path),
               "--vocab", str(tmp_path / "vocab.json"), "--shard-size", "2", "--val-fraction", "0.2",
               "--workers", "1", "--no-progress"]
-    subprocess.run(_cli(*common, "--out", str(tmp_path / "whole")), check=True, capture_output=True)
+    subprocess.run(builder_command(*common, "--out", str(tmp_path / "whole")), check=True, capture_output=True)
     out = tmp_path / "killed"
-    process = subprocess.Popen(_cli(*common, "--out", str(out)), stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(builder_command(*common, "--out", str(out)), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not (out / ".build" / "train-000000.json").exists() and process.poll() is None:
@@ -228,9 +255,9 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
     process.wait()
     assert not (out / "info.json").exists(), "the build finished before it could be killed"
     assert len(list(out.glob("*.tar"))) < len(list((tmp_path / "whole").glob("*.tar")))
-    done = subprocess.run(_cli(*common, "--out", str(out)), check=True, capture_output=True, text=True)
+    done = subprocess.run(builder_command(*common, "--out", str(out)), check=True, capture_output=True, text=True)
     assert "train shard(s)" in done.stdout
-    assert tree_bytes(out) == tree_bytes(tmp_path / "whole")
+    assert built_files(out) == built_files(tmp_path / "whole")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -251,7 +278,7 @@ def test_bad_arguments_fail_with_one_line(tmp_path, change, message):
         else:
             extra += [flag, value]
     argv = [part for pair in args.items() for part in pair] + extra
-    done = subprocess.run(_cli(*argv, "--no-progress"), capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(builder_command(*argv, "--no-progress"), capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
