@@ -116,3 +116,30 @@ def test_yaml_python_tags_are_refused_by_both_config_loaders_and_never_run(tmp_p
     # The payload is real: an unsafe loader would have run it.
     yaml.unsafe_load(evil.read_text())
     assert marker.exists()
+
+
+def _laughs(levels: int) -> str:
+    """A 'billion laughs' list: each level nine aliases of the one before, 9**levels strings in all."""
+    items = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    items += [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "[" + ", ".join(items) + "]"
+
+
+@pytest.mark.parametrize("value, problem", [
+    # 9**7 = 4.8 M values from 8 lines (before the bound: a 40 MB error line; 9**9 ran out of memory).
+    (_laughs(7), "the document expands to more than 100,000 values through anchors and aliases"),
+    ("&a [x, *a]", "an alias refers to a node that contains it"),
+    ("[" * 20_000 + "]" * 20_000, "nested deeper than the parser can follow"),
+])
+def test_yaml_that_expands_or_nests_without_bound_is_refused_by_both_config_loaders(tmp_path, capsys, value, problem):
+    config = tmp_path / "laughs.yaml"
+    config.write_text(f"data:\n  train: {value}\n")
+    line = _one_error_line(pretrain_main, ["--config", str(config)], capsys)
+    assert line.startswith(f"error: {config}: not valid YAML") and problem in line and len(line) < 400, line[:400]
+    line = _one_error_line(transfer_main, ["finetune", "--config", str(config)], capsys)
+    assert line.startswith(f"error: {config}: not valid YAML") and problem in line and len(line) < 400, line[:400]
+    # The same in an override.
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("data:\n  train: shards\n")
+    line = _one_error_line(pretrain_main, ["--config", str(plain), f"data.train={value}"], capsys)
+    assert line.startswith("error: override 'data.train=") and problem in line
