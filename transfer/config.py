@@ -93,6 +93,10 @@ class FinetuneConfig:
                                      "and saved beside the model; null: off", above=0.0, max=1.0, aliases=("ema",))
     crop_scale_min: float = option(0.08, "RandomResizedCrop's smallest area fraction", above=0.0, max=1.0)
     clip_grad: float | None = option(None, "clip the global gradient L2 norm; null: no clipping", above=0.0)
+    max_nonfinite_steps: int = option(20, "a step with a non-finite loss or gradient is skipped and counted; after "
+                                      "this many in a row (checked every tracking.log_every_steps steps), or an "
+                                      "epoch's end with no finite step since the run started, it stops with an "
+                                      "error", min=1, aliases=("max_nan_steps", "max_skipped_steps"))
     keep_last: int = option(2, "numbered checkpoints kept (one per epoch; checkpoint-latest.pt -> newest)", min=1)
     resume: str = option("auto", "auto (continue from <run dir>/checkpoint-latest.pt), none, or a checkpoint path")
 

@@ -12,7 +12,7 @@ import yaml
 
 from data.errors import UserError
 from pretrain.__main__ import main as pretrain_main
-from pretrain.checkpoint import LATEST, find_resume, load_checkpoint
+from pretrain.checkpoint import LATEST, load_checkpoint, load_resume
 from tests.pretrain_runs import make_shards, write_config
 from tests.transfer_factory import image_folder
 from transfer.__main__ import main as transfer_main
@@ -58,7 +58,7 @@ def test_checkpoint_carrying_pickled_code_is_refused(tmp_path, container):
     assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
     assert not marker.exists()
     with pytest.raises(UserError):
-        find_resume(tmp_path, str(path))
+        load_resume(tmp_path, str(path))
     assert not marker.exists()
     # The payload is real: an unsafe load runs it.
     torch.load(path, weights_only=False)
@@ -82,7 +82,8 @@ def test_pretraining_refuses_to_resume_from_a_checkpoint_carrying_code(tmp_path,
     run_dir.mkdir(parents=True)
     _evil_checkpoint(run_dir / LATEST, marker)
     line = _one_error_line(pretrain_main, ["--config", str(pretrain_config)], capsys)
-    assert line.startswith(f"error: {run_dir} holds checkpoints but none loads ({LATEST})")
+    assert line.startswith(f"error: {run_dir} holds checkpoints but none loads ({LATEST}: refused to load: the file "
+                           "carries pickled Python code")
     assert not marker.exists()
 
 
