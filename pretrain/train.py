@@ -41,6 +41,7 @@ from pretrain.evaluation import evaluate
 from pretrain.label_distribution import plot_label_distribution, realised_vs_target
 from pretrain.loss import create_loss
 from pretrain.model import create_model, head_name, param_groups
+from pretrain.run_directory import claimed_run_dir
 from pretrain.schedule import ImageScheduler, LRSchedule
 from pretrain.tracking import Tracker, read_metrics
 
@@ -108,7 +109,8 @@ def train(config: PretrainConfig, debug: DebugOptions = DebugOptions()) -> dict[
     """Run (or resume) the pretraining ``config`` describes on this rank; returns the final figures."""
     info = init_distributed(config.dist.backend, config.dist.timeout_s)
     try:
-        return Trainer(config, info, debug).fit()
+        with claimed_run_dir(config.run.run_dir(), "pretrain", info, say=tqdm.write):
+            return Trainer(config, info, debug).fit()
     finally:
         cleanup()
 

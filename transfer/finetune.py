@@ -264,6 +264,6 @@ class FineTuner:
 
 def run_finetune(config: TransferConfig, stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Fine-tune ``init`` (or random init) on data.train, evaluating on data.val every epoch."""
-    with session(config) as s:
+    with session(config, "finetune") as s:
         return FineTuner(s).fit(stop_after_epochs)
 

@@ -47,6 +47,33 @@ def shards(tmp_path_factory) -> Path:
     return make_shards(tmp_path_factory.mktemp("shards"))[0]
 
 
+@pytest.mark.parametrize("case", ["run dir is a file", "run.dir is a file", "run.dir is read-only"])
+def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path, shards, capsys, case):
+    runs = tmp_path / "runs"
+    if case == "run dir is a file":
+        runs.mkdir()
+        (runs / "one").write_text("a note the user keeps here\n")
+        expected = f"error: cannot create the run directory {runs / 'one'}: a file of that name is in the way"
+    elif case == "run.dir is a file":
+        runs.write_text("a note the user keeps here\n")
+        expected = f"error: cannot create the run directory {runs / 'one'}: Not a directory"
+    else:
+        if not Path("/sys").is_dir():
+            pytest.skip("needs Linux's read-only /sys (a read-only place even for root)")
+        runs = Path("/sys/openwsl-runs")
+        expected = f"error: cannot create the run directory {runs / 'one'}: "
+    config = write_config(tmp_path / "run.yaml", shards, None, runs, "one", data={"workers": 0})
+    line = _in_process_error(pretrain_main, ["--config", str(config)], capsys)
+    assert line.startswith(expected) and "set run.dir" in line, line
+    train_dir, val_dir, weights = colour_task(tmp_path / "transfer", 4, 2)
+    line = _in_process_error(transfer_main, ["linear", "--config", str(REPO / "configs/transfer/cpu_demo_linear.yaml"),
+                                             f"init={weights}", f"data.train={train_dir}", f"data.val={val_dir}",
+                                             f"run.dir={runs}", "run.name=one"], capsys)
+    assert line.startswith(expected) and "set run.dir" in line, line
+    if case != "run.dir is read-only":
+        assert "a note the user keeps here" in (runs if runs.is_file() else runs / "one").read_text()
+
+
 @pytest.mark.parametrize("model", ["weights", ["w"], {"w": "not a tensor"}, None])
 def test_a_checkpoint_whose_model_is_not_a_state_dict_is_one_line(tmp_path, shards, capsys, model):
     odd = tmp_path / "odd.pt"
