@@ -23,7 +23,7 @@ from pretrain.__main__ import main
 from pretrain.checkpoint import LATEST, TRUNK_FILE, load_checkpoint, load_trunk
 from pretrain.config import load_config
 from pretrain.train import DebugOptions, train
-from tests.faults.run_checks import train_rows
+from tests.faults.run_checks import one_error_line, train_rows
 from tests.pretrain_runs import make_shards, write_config
 
 
@@ -39,15 +39,6 @@ def overwrite_inside_a_tensor(path: Path, data: bytes = b"\xff" * 64) -> str:
         f.write(data)
     return record.filename
 
-
-def _stopped(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as stopped:
-        main(argv)
-    assert stopped.value.code == 2
-    captured = capsys.readouterr()
-    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in captured.err, captured.err[-3000:]
-    return errors[0]
 
 
 @pytest.fixture
@@ -87,7 +78,7 @@ def test_with_no_intact_checkpoint_the_run_stops_with_one_line(half_run, capsys)
     config, run_dir = half_run
     record = overwrite_inside_a_tensor(run_dir / LATEST)
     overwrite_inside_a_tensor(run_dir / "checkpoint-32.pt")
-    line = _stopped(["--config", str(config)], capsys)
+    line = one_error_line(main, ["--config", str(config)], capsys)
     assert line.startswith(f"error: {run_dir} holds checkpoints but none loads ({LATEST}, checkpoint-64.pt, "
                            f"checkpoint-32.pt: damaged: record {record} fails the CRC-32 check"), line
     assert line.endswith("pass checkpoint.resume=none to start this run over, or a path to resume from")
@@ -104,7 +95,7 @@ def test_resuming_into_shards_of_another_vocabulary_of_the_same_size_stops_with_
     info["vocab"].update(tags=["t0", "t1", "t2", "dog", "t4", "t5"], path=str(vocab),
                          sha256=hashlib.sha256(vocab.read_bytes()).hexdigest())
     (other / "info.json").write_text(json.dumps(info))
-    line = _stopped(["--config", str(config), f"data.train={other}"], capsys)
+    line = one_error_line(main, ["--config", str(config), f"data.train={other}"], capsys)
     assert line == (f"error: {run_dir / LATEST} was trained on the vocabulary (6 tags), but data.train={other} "
                     f"carries {vocab} (sha256 {info['vocab']['sha256'][:12]}, 6 tags) (label 3 is 't3' there and "
                     "'dog' here); resume on the shards it was trained on, or pass checkpoint.resume=none to start over")

@@ -18,7 +18,7 @@ from pretrain.loss import create_loss
 from pretrain.model import create_model, param_groups
 from pretrain.schedule import ImageScheduler, LRSchedule
 from pretrain.train import DebugOptions, train
-from tests.faults.run_checks import train_rows
+from tests.faults.run_checks import one_error_line, train_rows
 from tests.pretrain_runs import make_shards, write_config
 from tests.transfer_factory import colour_task
 from transfer.__main__ import main as transfer_main
@@ -115,15 +115,6 @@ def test_the_command_line_flag_overrides_the_config_key(tmp_path, one_thread, ca
     assert "the last 2 optimiser steps" in capsys.readouterr().err.rstrip().splitlines()[-1]
 
 
-def _one_error_line(command, argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as stopped:
-        command(argv)
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
-    return errors[0]
-
 
 @pytest.mark.slow
 def test_a_run_with_no_finite_step_stops_with_one_line_instead_of_exporting(tmp_path, one_thread, capsys):
@@ -137,7 +128,7 @@ def test_a_run_with_no_finite_step_stops_with_one_line_instead_of_exporting(tmp_
     state = load_checkpoint(run_dir / LATEST)
     state["model"]["fc.weight"] *= 1e38
     save_checkpoint(run_dir, state, 32, keep_last=2)
-    line = _one_error_line(main, ["--config", str(config)], capsys)
+    line = one_error_line(main, ["--config", str(config)], capsys)
     assert line.startswith("error: training diverged: every optimiser step of this run (4, since step 8) had a "
                            "non-finite loss or gradient (step 12, 48 images); nothing was exported; the weights are "
                            f"still those of {run_dir / LATEST}"), line
@@ -145,7 +136,7 @@ def test_a_run_with_no_finite_step_stops_with_one_line_instead_of_exporting(tmp_
     # No checkpoint of the unchanged weights at the budget: the same command again stops again,
     # rather than resume at its budget and export them.
     assert load_checkpoint(run_dir / LATEST)["images_seen"] == 32
-    assert _one_error_line(main, ["--config", str(config)], capsys) == line
+    assert one_error_line(main, ["--config", str(config)], capsys) == line
 
 
 def _finetune_argv(tmp_path, weights, name: str) -> list[str]:
@@ -162,7 +153,7 @@ def test_fine_tuning_from_nan_weights_stops_with_one_line_and_writes_no_model(tm
     state = torch.load(weights, weights_only=True)
     state["layer2.0.conv1.weight"][0, 0] = float("nan")
     torch.save(state, weights)
-    line = _one_error_line(transfer_main, _finetune_argv(tmp_path, weights, "nan"), capsys)
+    line = one_error_line(transfer_main, _finetune_argv(tmp_path, weights, "nan"), capsys)
     assert line == (f"error: init={weights}: holds non-finite weights (NaN or inf in 1 tensors, e.g. "
                     "layer2.0.conv1.weight); training or evaluating from them cannot give anything finite")
     assert not list((tmp_path / "runs").rglob("*.safetensors")) and not list((tmp_path / "runs").rglob("*.pt"))
@@ -176,7 +167,7 @@ def test_fine_tuning_with_no_finite_step_stops_with_one_line_and_writes_no_model
     state = torch.load(weights, weights_only=True)
     state["conv1.weight"].fill_(3e38)
     torch.save(state, weights)
-    line = _one_error_line(transfer_main, _finetune_argv(tmp_path, weights, "overflow"), capsys)
+    line = one_error_line(transfer_main, _finetune_argv(tmp_path, weights, "overflow"), capsys)
     assert line.startswith("error: fine-tuning diverged: every optimiser step of this run (3) had a non-finite loss "
                            "or gradient (epoch 1, step 3); nothing of this epoch was saved"), line
     assert not list((tmp_path / "runs").rglob("*.safetensors")) and not list((tmp_path / "runs").rglob("*.pt"))

@@ -12,6 +12,7 @@ import torch
 from pretrain.__main__ import main as pretrain_main
 from tests.faults import child_process
 from tests.faults.dirty_shards import plan, write_dirty_shards
+from tests.faults.run_checks import one_error_line
 from tests.pretrain_runs import REPO, job_env, make_shards, write_config
 from tests.transfer_factory import colour_task
 from transfer.__main__ import main as transfer_main
@@ -31,15 +32,6 @@ def test_a_user_error_raised_in_a_dataloader_worker_is_its_one_line(tmp_path):
     assert line.startswith("error: read ") and "without one usable sample; check the shards" in line, line
     assert "DataLoader worker" not in line
 
-
-def _in_process_error(command, argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as stopped:
-        command(argv)
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +55,10 @@ def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path, shards, capsy
         runs = Path("/sys/openwsl-runs")
         expected = f"error: cannot create the run directory {runs / 'one'}: "
     config = write_config(tmp_path / "run.yaml", shards, None, runs, "one", data={"workers": 0})
-    line = _in_process_error(pretrain_main, ["--config", str(config)], capsys)
+    line = one_error_line(pretrain_main, ["--config", str(config)], capsys)
     assert line.startswith(expected) and "set run.dir" in line, line
     train_dir, val_dir, weights = colour_task(tmp_path / "transfer", 4, 2)
-    line = _in_process_error(transfer_main, ["linear", "--config", str(REPO / "configs/transfer/cpu_demo_linear.yaml"),
+    line = one_error_line(transfer_main, ["linear", "--config", str(REPO / "configs/transfer/cpu_demo_linear.yaml"),
                                              f"init={weights}", f"data.train={train_dir}", f"data.val={val_dir}",
                                              f"run.dir={runs}", "run.name=one"], capsys)
     assert line.startswith(expected) and "set run.dir" in line, line
@@ -82,10 +74,10 @@ def test_a_checkpoint_whose_model_is_not_a_state_dict_is_one_line(tmp_path, shar
         del state["model"]
     torch.save(state, odd)
     config = write_config(tmp_path / "run.yaml", shards, None, tmp_path / "runs", "one", data={"workers": 0})
-    line = _in_process_error(pretrain_main, ["--config", str(config), f"checkpoint.resume={odd}"], capsys)
+    line = one_error_line(pretrain_main, ["--config", str(config), f"checkpoint.resume={odd}"], capsys)
     assert line.startswith(f"error: {odd}: its 'model' entry is ") and "not a state dict of named tensors" in line
     train_dir, val_dir, _ = colour_task(tmp_path / "transfer", 4, 2)
-    line = _in_process_error(transfer_main, ["evaluate", "--config", str(REPO / "configs/transfer/cpu_demo_eval.yaml"),
+    line = one_error_line(transfer_main, ["evaluate", "--config", str(REPO / "configs/transfer/cpu_demo_eval.yaml"),
                                              f"init={odd}", f"data.val={val_dir}", f"run.dir={tmp_path / 'runs'}",
                                              "run.name=eval", "data.workers=0"], capsys)
     assert line.startswith(f"error: {odd}: its 'model' entry is ") and "not a state dict of named tensors" in line

@@ -20,8 +20,7 @@ from pretrain.__main__ import main as pretrain_main
 from pretrain.checkpoint import LATEST, load_checkpoint
 from pretrain.config import load_config
 from pretrain.train import DebugOptions, train
-from pretrain.tracking import read_metrics
-from tests.faults.run_checks import train_rows
+from tests.faults.run_checks import one_error_line, train_rows
 from tests.pretrain_runs import REPO, job_env, make_shards, torchrun, write_config
 from tests.transfer_factory import colour_task
 from transfer.__main__ import main as transfer_main
@@ -37,15 +36,6 @@ print("held", flush=True)
 time.sleep(600)
 """
 
-
-def _one_error_line(command, argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as stopped:
-        command(argv)
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in err, err[-3000:]
-    return errors[0]
 
 
 def _hold(run_dir: Path, kind: str = "pretrain") -> subprocess.Popen:
@@ -102,7 +92,7 @@ def test_a_held_lock_stops_the_run_and_the_lock_of_a_killed_holder_is_taken_over
     run_dir = tmp_path / "runs" / "one"
     holder = _hold(run_dir)
     try:
-        line = _one_error_line(pretrain_main, ["--config", str(config)], capsys)
+        line = one_error_line(pretrain_main, ["--config", str(config)], capsys)
         assert line.startswith(f"error: run directory {run_dir} is in use by pid {holder.pid} on {HOST} (a pretrain "
                                "run, since "), line
         assert sorted(p.name for p in run_dir.iterdir()) == [KIND_FILE, LOCK_FILE], "the refused run wrote nothing"
@@ -147,7 +137,7 @@ def test_a_transfer_run_refuses_a_directory_holding_a_pretraining_run(tmp_path, 
     argv = ["finetune", "--config", str(REPO / "configs/transfer/cpu_demo_finetune.yaml"), f"init={weights}",
             f"data.train={train_dir}", f"data.val={val_dir}", f"run.dir={tmp_path / 'runs'}", "run.name=one",
             "data.workers=0", "finetune.epochs=1", "finetune.warmup_epochs=0"]
-    line = _one_error_line(transfer_main, argv, capsys)
+    line = one_error_line(transfer_main, argv, capsys)
     assert line == (f"error: run directory {run_dir} holds a pretrain run ({KIND_FILE}), not a finetune run; a run "
                     "writes only into a directory of its own kind: choose another run.name (or run.dir). Nothing "
                     "was written")
@@ -155,6 +145,6 @@ def test_a_transfer_run_refuses_a_directory_holding_a_pretraining_run(tmp_path, 
     # A directory written before run.json existed is known by its config.yaml.
     os.unlink(run_dir / KIND_FILE)
     before.pop(KIND_FILE)
-    line = _one_error_line(transfer_main, argv, capsys)
+    line = one_error_line(transfer_main, argv, capsys)
     assert line.startswith(f"error: run directory {run_dir} holds a pretrain run (its config.yaml), not a finetune run")
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
