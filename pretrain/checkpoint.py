@@ -9,6 +9,14 @@ Layout in a run directory::
 A checkpoint is a plain dict (model, optimizer, scheduler, scaler, step, rng, config, vocab tags;
 :func:`save_checkpoint` adds ``format`` and ``images_seen``) of tensors, lists, numbers and strings,
 so it loads with ``torch.load(weights_only=True)``: a file carrying pickled code is refused, never run.
+
+Checksums: ``torch.save`` writes a zip archive in which every record (the pickle, each tensor's
+bytes) carries its CRC-32, computed as it was written; torch.load does not check them, so
+:func:`safe_torch_load` does, record by record, before loading (with the checks of
+:func:`checked_checkpoint`, 0.4 s of CPU per GiB: scripts/bench/checkpoint_verify.py): a file
+changed on disk after it was written (a disk, copy or transfer fault, bytes overwritten in place)
+is refused with one line, and ``checkpoint.resume: auto`` falls back to the newest intact
+checkpoint, saying so. ``unzip -t checkpoint-latest.pt`` runs the same check by hand.
 """
 from __future__ import annotations
 
@@ -19,8 +27,9 @@ import random
 import re
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import safetensors
@@ -30,6 +39,7 @@ import torch.distributed as dist
 
 from data.atomic_write import atomic_open, fsync_dir, write_bytes
 from data.errors import UserError
+from pretrain.divergence import nonfinite_tensors
 
 FORMAT = "openwsl-checkpoint"
 VERSION = 1
@@ -70,8 +80,13 @@ def save_checkpoint(run_dir: str | os.PathLike, state: Mapping[str, Any], images
     _remove_stale_temps(run_dir)
     path = checkpoint_path(run_dir, images_seen)
     payload = {**state, "format": FORMAT, "version": VERSION, "images_seen": images_seen}
-    with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
+    computes_crc = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)  # the checksums every read verifies
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(payload, f)
+    finally:
+        torch.serialization.set_crc32_options(computes_crc)
     _point_latest(run_dir / LATEST, path)
     _prune(run_dir, images_seen, keep_last)
     return path
@@ -111,10 +126,15 @@ def _prune(run_dir: Path, images_seen: int, keep_last: int) -> None:
 
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load(weights_only=True)`` with one clear UserError line for a missing, corrupt or unsafe
-    file. Transfer uses this for official .pth files too."""
+    file; a zip-format file's records are first checked against their CRC-32s (legacy pickle files
+    carry none). Transfer uses this for official .pth files too."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
+    damaged = _damaged_record(path)
+    if damaged:
+        raise UserError(f"{path}: damaged: {damaged} (its bytes changed after it was written: a disk, copy or "
+                        "transfer fault)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
@@ -123,6 +143,18 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
         reason = str(err).split("\n")[0]
         raise UserError(f"{path}: not a readable torch checkpoint; it is truncated, corrupt or another "
                         f"format ({reason})") from None
+
+
+def _damaged_record(path: Path) -> str | None:
+    """What fails the archive's own checksums, or None (intact, or not a zip archive)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every record and compares its CRC-32
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        return f"its zip structure is broken ({str(err).splitlines()[0]})"
+    return f"record {bad} fails the CRC-32 check written with it" if bad else None
 
 
 def _unpickling_problem(message: str) -> str:
@@ -138,50 +170,96 @@ def _unpickling_problem(message: str) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
-    """An openwsl checkpoint written by :func:`save_checkpoint`, loaded without running pickled code."""
-    state = safe_torch_load(path, map_location, mmap)
+    """An openwsl checkpoint written by :func:`save_checkpoint`: its checksums verified, loaded without
+    running pickled code, its entries of the expected types and its weights finite; UserError else."""
+    return checked_checkpoint(safe_torch_load(path, map_location, mmap), path)
+
+
+def checked_checkpoint(state: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """``state``, loaded from ``path``, if it is an openwsl checkpoint fit to train from; UserError else."""
+    path = Path(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not an openwsl checkpoint (no format={FORMAT!r} entry); to start from "
                         "a plain model state dict use transfer's init, or point checkpoint.resume at a "
                         "checkpoint-*.pt written by pretraining")
-    if state.get("version", 0) > VERSION:
-        raise UserError(f"{path}: checkpoint version {state['version']} is newer than this code "
+    if not isinstance(state.get("version", 0), int) or state.get("version", 0) > VERSION:
+        raise UserError(f"{path}: checkpoint version {state['version']!r} is newer than this code "
                         f"understands ({VERSION}); update openwsl")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a zip archive, so it carries no checksums; save_checkpoint always writes "
+                        "one: the file was made by something else")
+    model = state.get("model")
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in model.items()):
+        raise UserError(f"{path}: its 'model' entry is {_kind_of(model)}, not a state dict of named tensors; the "
+                        "file was not written by save_checkpoint")
+    for key in ("step", "images_seen"):
+        if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 0:
+            raise UserError(f"{path}: its {key!r} entry is {_kind_of(state.get(key))}, not a count; the file was "
+                            "not written by save_checkpoint")
+    nonfinite = nonfinite_tensors(model)
+    if nonfinite:
+        raise UserError(f"{path}: holds non-finite weights (NaN or inf in {len(nonfinite)} tensors, e.g. "
+                        f"{nonfinite[0]}); training from them cannot produce anything finite")
     return state
 
 
-def _loadable(path: Path) -> bool:
-    try:
-        load_checkpoint(path, mmap=True)  # mmap: checks the archive without reading the tensors
-        return True
-    except UserError:
-        return False
+def _kind_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a dict holding non-tensor values" if all(isinstance(k, str) for k in value) else "a dict"
+    return "missing" if value is None else f"a {type(value).__name__}"
 
 
-def find_resume(run_dir: str | os.PathLike, resume: str) -> Path | None:
-    """The checkpoint to resume from: ``none`` -> None; ``auto`` -> checkpoint-latest.pt if it loads,
-    else the newest numbered checkpoint that loads, None when there is none, UserError when there are
-    checkpoints and none loads; a path -> that file, or a run directory's checkpoint-latest.pt."""
+@dataclass(frozen=True)
+class Resumed:
+    """The checkpoint a run continues from, loaded."""
+
+    path: Path
+    state: dict[str, Any]
+
+
+def load_resume(run_dir: str | os.PathLike, resume: str,
+                say: Callable[[str], None] | None = None) -> Resumed | None:
+    """The checkpoint to resume from, loaded (:func:`load_checkpoint`): ``none`` -> None; a path -> that
+    file, or a run directory's checkpoint-latest.pt; ``auto`` -> the newest intact checkpoint of
+    ``run_dir``: checkpoint-latest.pt, else the numbered ones newest first. Passing over a damaged or
+    unreadable one is said in one line through ``say``; None when there is no checkpoint at all;
+    UserError when there are checkpoints and none loads (starting over would silently overwrite a run
+    the user may want back)."""
     if resume == "none":
         return None
-    if resume == "auto":
-        run_dir = Path(run_dir)
-        candidates = [p for p in [run_dir / LATEST] + [p for _, p in reversed(numbered_checkpoints(run_dir))]
-                      if p.is_file()]
-        found = next((p for p in candidates if _loadable(p)), None)
-        if candidates and found is None:
-            # Starting over would silently overwrite a run the user may want back.
-            raise UserError(f"{run_dir} holds checkpoints but none loads ({', '.join(p.name for p in candidates)}); "
-                            "pass checkpoint.resume=none to start this run over, or a path to resume from")
-        return found
-    path = Path(resume)
-    if path.is_dir():
-        path = path / LATEST
-    if not path.is_file():
-        raise UserError(f"checkpoint.resume={resume}: no such checkpoint; use auto, none, or the path of a "
-                        "checkpoint-*.pt (or of a run directory holding checkpoint-latest.pt)")
-    load_checkpoint(path, mmap=True)
-    return path
+    if resume != "auto":
+        path = Path(resume)
+        if path.is_dir():
+            path = path / LATEST
+        if not path.is_file():
+            raise UserError(f"checkpoint.resume={resume}: no such checkpoint; use auto, none, or the path of a "
+                            "checkpoint-*.pt (or of a run directory holding checkpoint-latest.pt)")
+        return Resumed(path, load_checkpoint(path))
+    run_dir = Path(run_dir)
+    candidates = [p for p in [run_dir / LATEST] + [p for _, p in reversed(numbered_checkpoints(run_dir))]
+                  if p.is_file()]
+    passed: list[tuple[Path, str]] = []  # (checkpoint, its problem)
+    problems: dict[tuple[int, int], str] = {}  # by file: checkpoint-latest.pt is a hard link to the newest
+    for path in candidates:
+        stat = path.stat()
+        inode = (stat.st_dev, stat.st_ino)
+        if inode not in problems:
+            try:
+                state = load_checkpoint(path)
+            except UserError as err:
+                problems[inode] = str(err).removeprefix(f"{path}: ")
+            else:
+                if passed and say is not None:
+                    say(f"{', '.join(p.name for p, _ in passed)}: {passed[0][1]}; resuming from {path}, the newest "
+                        "intact checkpoint")
+                return Resumed(path, state)
+        passed.append((path, problems[inode]))
+    if passed:
+        raise UserError(f"{run_dir} holds checkpoints but none loads ({', '.join(p.name for p, _ in passed)}: "
+                        f"{passed[0][1]}); pass checkpoint.resume=none to start this run over, or a path to resume "
+                        "from")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +387,10 @@ def export_trunk(model_state: Mapping[str, torch.Tensor], path: str | os.PathLik
         raise UserError(f"no parameters start with {head_prefix!r} in the model state; pass the head's "
                         "prefix (head_prefix=...) so it is left out of the trunk")
     trunk = {k: v.detach().to("cpu").contiguous() for k, v in state.items() if not k.startswith(head_prefix)}
+    nonfinite = nonfinite_tensors(trunk)
+    if nonfinite:
+        raise UserError(f"not exporting {path}: the weights hold NaN or inf ({len(nonfinite)} tensors, e.g. "
+                        f"{nonfinite[0]}); resume from an earlier checkpoint with a lower learning rate")
     head_weight = head.get(f"{head_prefix}weight")
     metadata = {"format": TRUNK_FORMAT, "architecture": architecture, "head_prefix": head_prefix,
                 "num_features": str(head_weight.shape[1]) if head_weight is not None else "",

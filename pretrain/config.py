@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,10 +46,11 @@ class InvalidValue(Exception):
 
 
 def option(default: Any = _MISSING, help: str = "", *, min: float | None = None, max: float | None = None,
-           above: float | None = None, aliases: tuple[str, ...] = (), factory: Any = _MISSING) -> Any:
-    """A schema field: ``help`` feeds docs/config.md; ``min``/``max`` are inclusive bounds, ``above``
-    an exclusive lower bound; ``aliases`` are other spellings users type (suggested, never accepted)."""
-    meta = {"help": help, "min": min, "max": max, "above": above, "aliases": aliases}
+           why: str = "", above: float | None = None, aliases: tuple[str, ...] = (), factory: Any = _MISSING) -> Any:
+    """A schema field: ``help`` feeds docs/config.md; ``min``/``max`` are inclusive bounds (``why``: the
+    reason for ``max``, said when a value exceeds it), ``above`` an exclusive lower bound; ``aliases``
+    are other spellings users type (suggested, never accepted)."""
+    meta = {"help": help, "min": min, "max": max, "why": why, "above": above, "aliases": aliases}
     if factory is not _MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -57,6 +59,22 @@ def option(default: Any = _MISSING, help: str = "", *, min: float | None = None,
 def section(cls: type, help: str = "") -> Any:
     """A nested section field (its default is the section's own defaults)."""
     return field(default_factory=cls, metadata={"help": help, "section": True})
+
+
+# Upper bounds of the sizes that allocate memory or processes, shared by pretraining and transfer. A
+# value past them never trains: it allocates until memory runs out, or starts processes for minutes.
+BATCH_MAX = 4096
+BATCH_WHY = ("a per-rank batch beyond it fits no accelerator at ResNeXt scale (a few hundred 224 px images "
+             "fill 80 GB); grow the global batch with more ranks (or optim.grad_accum in pretraining)")
+WORKERS_MAX = 64
+WORKERS_WHY = ("DataLoader processes per rank, each with its own decoder and buffers; more outnumber the cores "
+               "of any node (one node's ranks together should not exceed its cores)")
+IMAGE_SIDE_MAX = 1024
+IMAGE_SIDE_WHY = ("classification crops are 224-480 px; at 1024 px one image is already 3 MiB and a batch's "
+                  "activations outgrow any accelerator")
+RESIZE_SIDE_MAX = 2048
+SHUFFLE_MAX = 100_000
+SHUFFLE_WHY = "raw samples (tens of kB each) every worker holds in memory: 100,000 is already gigabytes per worker"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,13 +97,15 @@ class DataConfig:
     val: str | None = option(None, "held-out hashtag shards for evaluation; null: no evaluation",
                              aliases=("val_shards", "eval_shards"))
     batch_size: int = option(32, "images per GPU (per rank) per step; the paper used 24",
-                             min=1, aliases=("batch", "batch_size_per_gpu"))
-    workers: int = option(8, "DataLoader worker processes per rank", min=0, aliases=("num_workers",))
+                             min=1, max=BATCH_MAX, why=BATCH_WHY, aliases=("batch", "batch_size_per_gpu"))
+    workers: int = option(8, "DataLoader worker processes per rank", min=0, max=WORKERS_MAX, why=WORKERS_WHY,
+                          aliases=("num_workers",))
     image_size: int = option(224, "train crop side and eval centre-crop side in pixels", min=8,
-                             aliases=("resolution", "img_size", "crop_size"))
+                             max=IMAGE_SIDE_MAX, why=IMAGE_SIDE_WHY, aliases=("resolution", "img_size", "crop_size"))
     crop_scale_min: float = option(0.08, "RandomResizedCrop's smallest area fraction (0.08: the ImageNet "
                                    "recipe; raise it when objects are small in the frame)", above=0.0, max=1.0)
-    shuffle_buffer: int = option(2000, "raw samples held per worker for shuffling", min=1)
+    shuffle_buffer: int = option(2000, "raw samples held per worker for shuffling", min=1, max=SHUFFLE_MAX,
+                                 why=SHUFFLE_WHY)
     epoch_images: int | None = option(None, "images per loader epoch (all ranks); null: the shards' sample "
                                       "count from info.json (required for shards without info.json)", min=1)
     decode: Literal["cpu", "cuda", "auto"] = option("cpu", "JPEG decoding: cpu (workers), cuda (on the "
@@ -185,7 +205,8 @@ class EvalConfig:
     every_images: int | None = option(None, "evaluate on data.val every this many images (and at the end); "
                                       "null: only at the end", min=1, aliases=("every", "interval"))
     shards: int | None = option(None, "evaluate on the first N shards of data.val; null: all", min=1)
-    batch_size: int | None = option(None, "eval images per rank per batch; null: data.batch_size", min=1)
+    batch_size: int | None = option(None, "eval images per rank per batch; null: data.batch_size", min=1,
+                                    max=BATCH_MAX, why=BATCH_WHY)
 
 
 @dataclass
@@ -241,8 +262,19 @@ class PretrainConfig:
 # Loading
 # ---------------------------------------------------------------------------------------------
 
+# Values a config document may hold once its aliases are expanded: recipes hold a few hundred. A
+# "billion laughs" file nests aliases of aliases to expand a few lines into 10^9 values.
+MAX_CONFIG_VALUES = 100_000
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load semantics, plus: a key given twice in one mapping is an error, not a silent overwrite."""
+    """safe_load semantics, plus: a key given twice in one mapping is an error, not a silent overwrite,
+    and a document that expands through anchors and aliases past MAX_CONFIG_VALUES values (or into
+    itself) is refused before it is built."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -255,9 +287,42 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the values ``root`` expands to, each aliased node once per reference, without building
+    them; a ConstructorError past MAX_CONFIG_VALUES or for a node that contains itself."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise yaml.constructor.ConstructorError(None, None, "an alias refers to a node that contains it "
+                                                    "(a document that expands into itself)", node.start_mark)
+        open_nodes.add(id(node))
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_CONFIG_VALUES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the document expands to more than {MAX_CONFIG_VALUES:,} values through anchors "
+                    "and aliases (&name, *name); a config holds a few hundred, so it is refused unread (a "
+                    "'billion laughs' file)", node.start_mark)
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
 def _parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise UserError(f"{source}: not valid YAML: nested deeper than the parser can follow; a config is a "
+                        "few levels of sections") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -424,12 +489,13 @@ class _Builder:
             return
         if not math.isfinite(value):
             raise self.fail(key, f"{key} must be finite, got {value}")
+        why = f": {meta['why']}" if meta.get("why") and high is not None and value > high else ""
         if low is not None and high is not None and not low <= value <= high:
-            raise self.fail(key, f"{key} must be in [{_num(low)}, {_num(high)}], got {value}")
+            raise self.fail(key, f"{key} must be in [{_num(low)}, {_num(high)}], got {value}{why}")
         if low is not None and value < low:
             raise self.fail(key, f"{key} must be >= {_num(low)}, got {value}")
         if high is not None and value > high:
-            raise self.fail(key, f"{key} must be <= {_num(high)}, got {value}")
+            raise self.fail(key, f"{key} must be <= {_num(high)}, got {value}{why}")
         if above is not None and value <= above:
             raise self.fail(key, f"{key} must be > {_num(above)}, got {value}")
 
@@ -452,10 +518,20 @@ def _as_number(value: Any) -> float | int | None:
     return None
 
 
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 3, 8, 8, 120, 120
+    return short
+
+
+_SHORT = _short_repr()
+
+
 def _describe(value: Any) -> str:
+    """A value for an error line: its repr cut short (a list of a million items is not printed)."""
     if value is None:
         return "null"
-    return f"{value!r} ({type(value).__name__})"
+    return f"{_SHORT.repr(value)} ({type(value).__name__})"
 
 
 def _suggestion(root: type, schema: type, key: Any, prefix: str) -> str:

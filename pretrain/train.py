@@ -31,15 +31,17 @@ from tqdm import tqdm
 from data.errors import UserError
 from data.loader.pipeline import Loader, LoaderConfig, create_loader
 from data.shards.directory import ShardSource, resolve_shards
-from pretrain.checkpoint import (TRUNK_FILE, export_trunk, find_resume, load_checkpoint, restore_training_state,
-                                 save_checkpoint, training_state, unwrap_model)
+from pretrain.checkpoint import (TRUNK_FILE, export_trunk, load_resume, restore_training_state, save_checkpoint,
+                                 training_state, unwrap_model)
 from pretrain.config import PretrainConfig, config_to_dict, save_resolved
 from pretrain.distributed import DistInfo, barrier, cleanup, init_distributed, seed_everything
+from pretrain.divergence import stopping_streak
 from pretrain.engine import Engine, Interval, Progress, StepSettings
 from pretrain.evaluation import evaluate
 from pretrain.label_distribution import plot_label_distribution, realised_vs_target
 from pretrain.loss import create_loss
 from pretrain.model import create_model, head_name, param_groups
+from pretrain.run_directory import claimed_run_dir
 from pretrain.schedule import ImageScheduler, LRSchedule
 from pretrain.tracking import Tracker, read_metrics
 
@@ -107,7 +109,8 @@ def train(config: PretrainConfig, debug: DebugOptions = DebugOptions()) -> dict[
     """Run (or resume) the pretraining ``config`` describes on this rank; returns the final figures."""
     info = init_distributed(config.dist.backend, config.dist.timeout_s)
     try:
-        return Trainer(config, info, debug).fit()
+        with claimed_run_dir(config.run.run_dir(), "pretrain", info, say=tqdm.write):
+            return Trainer(config, info, debug).fit()
     finally:
         cleanup()
 
@@ -128,6 +131,7 @@ class Trainer:
         self.source = resolve_shards(config.data.train, "train")
         self.num_classes = _num_classes(self.source, "data.train")
         vocab = self.source.info.get("vocab", {})
+        self.vocab = {k: v for k, v in vocab.items() if k != "tags"} if isinstance(vocab, dict) else {}
         self.vocab_tags = vocab.get("tags") if isinstance(vocab, dict) else None
         self.global_batch = config.data.batch_size * info.world_size * config.optim.grad_accum
         self.network = self._network()
@@ -135,6 +139,7 @@ class Trainer:
         self.scheduler = ImageScheduler(self.optimizer, LRSchedule.from_config(config.optim, self.global_batch))
         self.scaler = self._scaler()
         self.progress, position = self._resume()
+        self.start_step = self.progress.step
         self.model = self._wrap(self.network)
         self.engine = Engine(self.model, self.optimizer, create_loss(config.loss.name),
                              StepSettings(self.num_classes, config.optim.grad_accum, config.optim.clip_grad,
@@ -207,10 +212,12 @@ class Trainer:
                             pin_memory=data.pin_memory and self.info.device.type == "cuda")
 
     def _resume(self) -> tuple[Progress, int]:
-        path = find_resume(self.run_dir, self.config.checkpoint.resume)
-        if path is None:
+        resumed = load_resume(self.run_dir, self.config.checkpoint.resume, say=self._say)
+        self.resumed_from = resumed.path if resumed is not None else None
+        if resumed is None:
             return Progress(), 0
-        state = load_checkpoint(path)
+        path, state = resumed.path, resumed.state
+        self._check_vocabulary(path, state)
         try:
             restored_rng = restore_training_state(state, self.network, self.optimizer, self.scheduler, self.scaler,
                                                   rank=self.info.rank, world_size=self.info.world_size)
@@ -222,6 +229,19 @@ class Trainer:
         self._say(f"resumed from {path}: step {state['step']}, {state['images_seen']:,} images"
                   + ("" if restored_rng else " (world size changed: fresh per-rank RNG seeds)"))
         return Progress(int(state["step"]), int(state["images_seen"])), int(position.get("resume_epoch", 0))
+
+    def _check_vocabulary(self, path: Path, state: dict[str, Any]) -> None:
+        """The checkpoint's hashtags are data.train's, label by label: shards of another vocabulary of
+        the same size would otherwise train every head row on another hashtag, silently."""
+        saved, current = state.get("vocab_tags"), self.vocab_tags
+        if saved is None or current is None or list(saved) == list(current):
+            return
+        differ = next((i for i, (a, b) in enumerate(zip(saved, current)) if a != b), min(len(saved), len(current)))
+        where = (f"label {differ} is {saved[differ]!r} there and {current[differ]!r} here"
+                 if differ < min(len(saved), len(current)) else f"{len(saved)} labels there, {len(current)} here")
+        raise UserError(f"{path} was trained on the vocabulary {_vocabulary(state.get('vocab') or {}, saved)}, but "
+                        f"data.train={self.config.data.train} carries {_vocabulary(self.vocab, current)} ({where}); "
+                        "resume on the shards it was trained on, or pass checkpoint.resume=none to start over")
 
     def _interrupted_images(self) -> int | None:
         """How far an interrupted earlier attempt had got (images), from its metrics.jsonl rows past
@@ -301,7 +321,7 @@ class Trainer:
         """Log, evaluate and checkpoint where due (the end's own are in _finish); True if checkpointed."""
         images, done = self.progress.images_seen, self.progress.images_seen >= self._budget()
         if self.progress.step % self.config.tracking.log_every_steps == 0 or done:
-            self._log(bar)
+            self._log(bar, done)
         paused = time.perf_counter()
         if self._crossed(images_before, images, self._eval_every()) and not done:
             self._evaluate()
@@ -320,7 +340,7 @@ class Trainer:
 
     # -- log steps ------------------------------------------------------------------------------
 
-    def _log(self, bar: tqdm) -> None:
+    def _log(self, bar: tqdm, done: bool = False) -> None:
         stats = self.engine.read_stats()  # the one host sync of the interval
         window, self._window = self._window, LogWindow()
         seconds, steps = window.seconds(), window.steps
@@ -350,25 +370,33 @@ class Trainer:
             bar.write(f"step {self.progress.step} images {self.progress.images_seen:,} loss {metrics['loss']:.4f} "
                       f"lr {metrics['lr']:.4g} img/s {metrics['images_per_s']:.1f} "
                       f"data-wait {metrics['data_wait']:.0%} grad-norm {metrics['grad_norm']:.3g}")
-        if stats["consecutive_nonfinite"] >= self._max_nonfinite_steps():
-            self._diverged(stats["consecutive_nonfinite"])
+        streak = stopping_streak(stats["consecutive_nonfinite"], self.progress.step - self.start_step,
+                                 self._max_nonfinite_steps(), finished=done)
+        if streak is not None:
+            self._diverged(streak)
 
     def _max_nonfinite_steps(self) -> int:
         override = self.debug.max_nonfinite_steps
         return override if override is not None else self.config.optim.max_nonfinite_steps
 
     def _diverged(self, streak: int) -> None:
-        path = self._checkpoint()  # the weights before the bad steps: skipped steps changed nothing
-        raise UserError(f"training diverged: the last {streak} optimiser steps had a non-finite loss or gradient "
-                        f"(step {self.progress.step}, {self.progress.images_seen:,} images); the weights before "
-                        f"them are in {path}; lower optim.base_lr, set optim.clip_grad, or lengthen "
-                        "optim.warmup_images, then resume")
+        if streak < self.progress.step - self.start_step:
+            steps = f"the last {streak} optimiser steps"
+            weights = f"the weights before them are in {self._checkpoint()}"  # skipped steps changed nothing
+        else:  # the weights are still those the run started from: no checkpoint of them at a later step
+            steps = f"every optimiser step of this run ({streak}, since step {self.start_step})"
+            weights = (f"the weights are still those of {self.resumed_from}" if self.resumed_from else
+                       "the weights are still the initial ones; no checkpoint was written")
+        raise UserError(f"training diverged: {steps} had a non-finite loss or gradient (step {self.progress.step}, "
+                        f"{self.progress.images_seen:,} images); nothing was exported; {weights}; lower "
+                        "optim.base_lr, set optim.clip_grad, or lengthen optim.warmup_images, then resume")
 
     # -- checkpoints, evaluation, the end -------------------------------------------------------
 
     def _checkpoint(self) -> Path:
         state = training_state(self.model, self.optimizer, self.scheduler, self.scaler, step=self.progress.step,
                                config=config_to_dict(self.config), vocab_tags=self.vocab_tags)  # collective
+        state["vocab"] = self.vocab  # where the tags came from: info.json's vocab path and sha256
         state["data_position"] = {"epoch": self.stream.epoch, "batch": self.stream.batch,
                                   "resume_epoch": self.stream.resume_epoch()}
         path = self.run_dir / f"checkpoint-{self.progress.images_seen}.pt"
@@ -432,6 +460,12 @@ class Trainer:
     def _say(self, message: str) -> None:
         if self.info.is_main:
             tqdm.write(message)
+
+
+def _vocabulary(source: dict[str, Any], tags: list[str]) -> str:
+    """A vocabulary for an error line: its file and digest where info.json recorded them."""
+    named = f"{source['path']} (sha256 {str(source.get('sha256', '?'))[:12]}, " if source.get("path") else "("
+    return f"{named}{len(tags)} tags)"
 
 
 def _abridged(err: Exception, limit: int = 240) -> str:

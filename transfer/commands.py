@@ -33,7 +33,7 @@ def _prepare(model: nn.Module, s: Session) -> nn.Module:
 def run_evaluate(config: TransferConfig) -> dict[str, Any]:
     """Score ``init``'s classifier on ``data.val`` (or, with ``eval.zero_shot_vocab``, its hashtag
     classifier mapped to the classes through synsets); returns the result dict."""
-    with session(config) as s:
+    with session(config, "evaluate") as s:
         dataset = s.val_dataset()
         model, report, head, extra = _model_to_evaluate(config, dataset.classes, s)
         s.log(report.summary())
@@ -85,7 +85,7 @@ def _require_head(report: InitReport, width: int, what: str) -> None:
 def run_linear(config: TransferConfig) -> dict[str, Any]:
     """Extract (or reuse) pooled features of data.train and data.val, fit the probe on rank 0,
     write linear.json and linear_model.safetensors; returns the result dict (on rank 0)."""
-    with session(config) as s:
+    with session(config, "linear") as s:
         train = s.train_dataset()
         val = s.val_dataset(train.classes)
         model, report = build_model(config.model.name, len(train.classes), config.init, head="replace",

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pretrain.config import (DistConfig, InvalidValue, PrecisionConfig, RunConfig, TrackingConfig,
+from pretrain.config import (BATCH_MAX, BATCH_WHY, IMAGE_SIDE_MAX, IMAGE_SIDE_WHY, RESIZE_SIDE_MAX, WORKERS_MAX,
+                             WORKERS_WHY, DistConfig, InvalidValue, PrecisionConfig, RunConfig, TrackingConfig,
                              config_reference, option, section)
 
 
@@ -27,11 +28,13 @@ class TransferDataConfig:
     synsets: str | None = option(None, "flat val folder with the devkit's ILSVRC2012_validation_ground_truth.txt: "
                                  "the 1,000 wnids in ILSVRC2012_ID order, one per line")
     batch_size: int = option(64, "images per rank per batch (evaluation and feature extraction)", min=1,
-                             aliases=("batch",))
-    workers: int = option(4, "DataLoader worker processes per rank", min=0, aliases=("num_workers",))
-    image_size: int = option(224, "centre-crop side in pixels", min=8, aliases=("crop_size", "resolution"))
+                             max=BATCH_MAX, why=BATCH_WHY, aliases=("batch",))
+    workers: int = option(4, "DataLoader worker processes per rank", min=0, max=WORKERS_MAX, why=WORKERS_WHY,
+                          aliases=("num_workers",))
+    image_size: int = option(224, "centre-crop side in pixels", min=8, max=IMAGE_SIDE_MAX, why=IMAGE_SIDE_WHY,
+                             aliases=("crop_size", "resolution"))
     resize_size: int = option(256, "short side the image is resized to before the centre crop", min=8,
-                              aliases=("resize",))
+                              max=RESIZE_SIDE_MAX, why=IMAGE_SIDE_WHY, aliases=("resize",))
     interpolation: Literal["bilinear"] = option("bilinear", "resize filter (Pillow bilinear, antialiased, as "
                                                 "torchvision's Resize); recorded in every result file")
     max_pixels: int = option(100_000_000, "images with more pixels (from the header) are skipped undecoded",
@@ -71,7 +74,7 @@ class LinearConfig:
 class FinetuneConfig:
     epochs: int = option(30, "passes over the training set", min=1)
     batch_size: int = option(32, "training images per rank per step (global batch = batch_size x world size)",
-                             min=1, aliases=("batch",))
+                             min=1, max=BATCH_MAX, why=BATCH_WHY, aliases=("batch",))
     base_lr: float = option(0.1, "learning rate per reference_batch images: peak lr = base_lr x global batch / "
                             "reference_batch", above=0.0, aliases=("lr", "learning_rate"))
     reference_batch: int = option(256, "the batch size base_lr is quoted for", min=1)
@@ -90,6 +93,10 @@ class FinetuneConfig:
                                      "and saved beside the model; null: off", above=0.0, max=1.0, aliases=("ema",))
     crop_scale_min: float = option(0.08, "RandomResizedCrop's smallest area fraction", above=0.0, max=1.0)
     clip_grad: float | None = option(None, "clip the global gradient L2 norm; null: no clipping", above=0.0)
+    max_nonfinite_steps: int = option(20, "a step with a non-finite loss or gradient is skipped and counted; after "
+                                      "this many in a row (checked every tracking.log_every_steps steps), or an "
+                                      "epoch's end with no finite step since the run started, it stops with an "
+                                      "error", min=1, aliases=("max_nan_steps", "max_skipped_steps"))
     keep_last: int = option(2, "numbered checkpoints kept (one per epoch; checkpoint-latest.pt -> newest)", min=1)
     resume: str = option("auto", "auto (continue from <run dir>/checkpoint-latest.pt), none, or a checkpoint path")
 

@@ -32,10 +32,10 @@ from data.atomic_write import write_bytes
 from data.errors import UserError
 from data.loader.labels import pack_labels
 from data.loader.transforms import TrainTransform
-from pretrain.checkpoint import (find_resume, load_checkpoint, restore_training_state, save_checkpoint,
-                                 training_state, unwrap_model)
+from pretrain.checkpoint import load_resume, restore_training_state, save_checkpoint, training_state, unwrap_model
 from pretrain.config import config_to_dict
 from pretrain.distributed import all_reduce_mean
+from pretrain.divergence import stopping_streak
 from pretrain.engine import Engine, Progress, StepSettings
 from pretrain.loss import MultiLabelSoftmaxLoss
 from pretrain.model import param_groups
@@ -99,6 +99,7 @@ class FineTuner:
                     if ema_decay else None)
         self.progress, self.epoch, self.best = Progress(), 0, -1.0
         self._resume()
+        self.start_step = self.progress.step
         self.model = self._wrap(self.network)
         self.engine = Engine(self.model, self.optimizer, SmoothedCrossEntropy(self.config.finetune.label_smoothing),
                              StepSettings(self.num_classes, 1, self.config.finetune.clip_grad, s.autocast_dtype,
@@ -143,10 +144,10 @@ class FineTuner:
         return nn.parallel.DistributedDataParallel(network, device_ids=device_ids, gradient_as_bucket_view=True)
 
     def _resume(self) -> None:
-        path = find_resume(self.s.run_dir, self.config.finetune.resume)
-        if path is None:
+        resumed = load_resume(self.s.run_dir, self.config.finetune.resume, say=self.s.log)
+        if resumed is None:
             return
-        state = load_checkpoint(path)
+        path, state = resumed.path, resumed.state
         restore_training_state(state, self.network, self.optimizer, self.scheduler, self.scaler,
                                rank=self.s.dist.rank, world_size=self.s.dist.world_size)
         if self.ema is not None and state.get("ema") is not None:
@@ -171,7 +172,12 @@ class FineTuner:
             self.train.epoch = epoch  # workers are forked per epoch and copy it: fresh crops each epoch
             self.engine.reset_stats()
             start = time.perf_counter()
-            self.engine.run(self._batches(), len(self.loader), self.progress, self.global_batch, self._on_step)
+            batches, left = self._batches(), len(self.loader)
+            while left:  # in stretches of tracking.log_every_steps, each ended by the non-finite check
+                steps = min(left, self.config.tracking.log_every_steps)
+                self.engine.run(batches, steps, self.progress, self.global_batch, self._on_step)
+                left -= steps
+                self._stop_if_diverging(epoch_ended=not left)
             stats = self.engine.read_stats()  # a host sync: the epoch's time is complete after it
             seconds = time.perf_counter() - start
             stats["loss"] = float(all_reduce_mean(torch.tensor(stats["loss"], dtype=torch.float64,
@@ -179,6 +185,22 @@ class FineTuner:
             result = self._end_of_epoch(stats, seconds)
         s.tracker.summary({"finetune/best_top1": self.best, **result})
         return {"best_top1": self.best, **result}
+
+    def _stop_if_diverging(self, epoch_ended: bool) -> None:
+        """Stop with one line, before this epoch's evaluation and files, on a streak of non-finite steps
+        (pretrain/divergence.py): the epoch's end counts as the end of the run, so an epoch with no
+        finite step since the run started never writes a model file."""
+        consecutive = self.engine.read_stats()["consecutive_nonfinite"]  # one host sync
+        steps_run = self.progress.step - self.start_step
+        streak = stopping_streak(consecutive, steps_run, self.config.finetune.max_nonfinite_steps, epoch_ended)
+        if streak is None:
+            return
+        steps = (f"the last {streak} optimiser steps" if streak < steps_run
+                 else f"every optimiser step of this run ({streak})")
+        raise UserError(f"fine-tuning diverged: {steps} had a non-finite loss or gradient (epoch {self.epoch + 1}, "
+                        f"step {self.progress.step}); nothing of this epoch was saved (the last checkpoint and model "
+                        f"files in {self.s.run_dir} are those of earlier epochs); lower finetune.base_lr, set "
+                        "finetune.clip_grad or lengthen finetune.warmup_epochs, then run again: it resumes")
 
     def _batches(self) -> Iterator[dict[str, Any]]:
         previous: Batch | None = None
@@ -242,6 +264,6 @@ class FineTuner:
 
 def run_finetune(config: TransferConfig, stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Fine-tune ``init`` (or random init) on data.train, evaluating on data.val every epoch."""
-    with session(config) as s:
+    with session(config, "finetune") as s:
         return FineTuner(s).fit(stop_after_epochs)
 

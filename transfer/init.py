@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from data.errors import UserError
-from pretrain.checkpoint import FORMAT, LATEST, clean_state_keys, load_trunk, safe_torch_load
+from pretrain.checkpoint import FORMAT, LATEST, checked_checkpoint, clean_state_keys, load_trunk, safe_torch_load
+from pretrain.divergence import nonfinite_tensors
 from pretrain.model import create_model, head_name, reset_head
 
 HeadPolicy = Literal["keep", "replace"]
@@ -78,11 +79,19 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     if path.suffix == ".safetensors":
         state, metadata = load_trunk(path)
         kind = "openwsl trunk export" if metadata.get("format") == "openwsl-trunk" else "safetensors"
-        return clean_state_keys(state), kind
+        return _finite(clean_state_keys(state), path), kind
     loaded = safe_torch_load(path, "cpu")
     if isinstance(loaded, dict) and loaded.get("format") == FORMAT:
-        return clean_state_keys(loaded["model"]), "openwsl checkpoint"
-    return clean_state_keys(_unwrap(loaded, path)), "state dict"
+        return clean_state_keys(checked_checkpoint(loaded, path)["model"]), "openwsl checkpoint"
+    return _finite(clean_state_keys(_unwrap(loaded, path)), path), "state dict"
+
+
+def _finite(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    nonfinite = nonfinite_tensors(state)
+    if nonfinite:
+        raise UserError(f"init={path}: holds non-finite weights (NaN or inf in {len(nonfinite)} tensors, e.g. "
+                        f"{nonfinite[0]}); training or evaluating from them cannot give anything finite")
+    return state
 
 
 def _unwrap(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:

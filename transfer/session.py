@@ -14,6 +14,7 @@ from data.errors import UserError
 from data.loader.transforms import EvalTransform
 from pretrain.config import config_to_dict, save_resolved
 from pretrain.distributed import DistInfo, cleanup, init_distributed, seed_everything
+from pretrain.run_directory import claimed_run_dir
 from pretrain.tracking import Tracker
 from transfer.config import TransferConfig
 from transfer.datasets import LabelledImages, open_dataset
@@ -64,19 +65,20 @@ class Session:
 
 
 @contextmanager
-def session(config: TransferConfig) -> Iterator[Session]:
-    """Join the process group, seed, create the run directory (rank 0 writes config.yaml and
-    metrics.jsonl) and leave the process group at the end."""
+def session(config: TransferConfig, kind: str) -> Iterator[Session]:
+    """Join the process group, seed, claim the run directory for a ``kind`` run (finetune, linear,
+    evaluate: pretrain/run_directory.py; rank 0 writes config.yaml and metrics.jsonl) and leave
+    the process group at the end."""
     info = init_distributed(config.dist.backend, config.dist.timeout_s)
     try:
         seed_everything(config.run.seed, info.rank)
         run_dir = config.run.run_dir()
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_resolved(config, run_dir)
-        tracking = config.tracking
-        with Tracker(run_dir, config_to_dict(config), tracking.wandb, tracking.project, tracking.entity,
-                     tracking.name or config.run.name, tracking.tags, is_main=info.is_main) as tracker:
-            yield Session(config, info, run_dir, tracker)
+        with claimed_run_dir(run_dir, kind, info):
+            if info.is_main:
+                save_resolved(config, run_dir)
+            tracking = config.tracking
+            with Tracker(run_dir, config_to_dict(config), tracking.wandb, tracking.project, tracking.entity,
+                         tracking.name or config.run.name, tracking.tags, is_main=info.is_main) as tracker:
+                yield Session(config, info, run_dir, tracker)
     finally:
         cleanup()

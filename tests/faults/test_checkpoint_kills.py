@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.checkpoint import LATEST, find_resume, load_checkpoint, numbered_checkpoints, save_checkpoint
+from pretrain.checkpoint import LATEST, load_checkpoint, load_resume, numbered_checkpoints, save_checkpoint
 from pretrain.config import load_config
 from pretrain.train import train
 from tests.faults.run_checks import assert_every_checkpoint_loads
@@ -95,7 +95,7 @@ def _check_after_a_kill(run_dir: Path) -> tuple[int, int, int]:
     for path in named:
         load_checkpoint(path)  # complete, or not named at all
     newest = numbered_checkpoints(run_dir)[-1][0]
-    resumed = load_checkpoint(find_resume(run_dir, "auto"))["images_seen"]
+    resumed = load_resume(run_dir, "auto").state["images_seen"]
     # latest is re-pointed right after the rename: a kill in between costs one save, never more
     assert newest - STEP <= resumed <= newest
     return newest, resumed, sum(p.name.startswith(".") for p in run_dir.iterdir())
@@ -105,7 +105,7 @@ def _kill_and_check(run_dir: Path, delay: float | None) -> tuple[tuple[int, int,
     """One kill: its outcome (see _check_after_a_kill) and whether it landed inside a write."""
     _kill_a_writer(run_dir, delay)
     outcome, inside = _check_after_a_kill(run_dir), _landed_in_a_write(run_dir)
-    save_checkpoint(run_dir, {"model": {}}, 10_000_000, keep_last=3)  # the next save cleans up
+    save_checkpoint(run_dir, {"model": {}, "step": 1}, 10_000_000, keep_last=3)  # the next save cleans up
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
     return outcome, inside
 

@@ -1,7 +1,9 @@
 """NaN/inf loss: the step is skipped and counted, and changes nothing — not the weights, not the
 momentum, not the BN running statistics its forward pass touched; after ``optim.max_nonfinite_steps``
 in a row the run writes a checkpoint (holding the weights from before the bad steps, every number
-finite) and stops with one clear error line."""
+finite) and stops with one clear error line. A run with no finite step at all stops the same way
+at its end (pretraining) or its first epoch's end (fine-tuning) instead of exporting the weights it
+started from; NaN weights are refused where they enter (a fine-tuning ``init``)."""
 from __future__ import annotations
 
 import pytest
@@ -9,15 +11,17 @@ import torch
 
 from data.loader.labels import pack_labels
 from pretrain.__main__ import main
-from pretrain.checkpoint import LATEST, load_checkpoint
+from pretrain.checkpoint import LATEST, TRUNK_FILE, load_checkpoint, save_checkpoint
 from pretrain.config import load_config
 from pretrain.engine import Engine, Progress, StepSettings
 from pretrain.loss import create_loss
 from pretrain.model import create_model, param_groups
 from pretrain.schedule import ImageScheduler, LRSchedule
 from pretrain.train import DebugOptions, train
-from tests.faults.run_checks import train_rows
+from tests.faults.run_checks import one_error_line, train_rows
 from tests.pretrain_runs import make_shards, write_config
+from tests.transfer_factory import colour_task
+from transfer.__main__ import main as transfer_main
 
 
 def _engine(seed: int = 0) -> tuple[Engine, torch.nn.Module, torch.optim.Optimizer]:
@@ -109,3 +113,61 @@ def test_the_command_line_flag_overrides_the_config_key(tmp_path, one_thread, ca
     with pytest.raises(SystemExit):
         main(["--config", str(config), "--max-nonfinite-steps", "2"])
     assert "the last 2 optimiser steps" in capsys.readouterr().err.rstrip().splitlines()[-1]
+
+
+
+@pytest.mark.slow
+def test_a_run_with_no_finite_step_stops_with_one_line_instead_of_exporting(tmp_path, one_thread, capsys):
+    # Finite weights whose every forward overflows (the head x 1e38), resumed for fewer steps than
+    # optim.max_nonfinite_steps: before, every step was skipped and the run exported them as trained.
+    shards, _ = make_shards(tmp_path)
+    config = write_config(tmp_path / "run.yaml", shards, None, tmp_path / "runs", "never", data={"workers": 0},
+                          optim={"total_images": 48})
+    train(load_config(config), DebugOptions(stop_after_images=32))
+    run_dir = tmp_path / "runs" / "never"
+    state = load_checkpoint(run_dir / LATEST)
+    state["model"]["fc.weight"] *= 1e38
+    save_checkpoint(run_dir, state, 32, keep_last=2)
+    line = one_error_line(main, ["--config", str(config)], capsys)
+    assert line.startswith("error: training diverged: every optimiser step of this run (4, since step 8) had a "
+                           "non-finite loss or gradient (step 12, 48 images); nothing was exported; the weights are "
+                           f"still those of {run_dir / LATEST}"), line
+    assert not (run_dir / TRUNK_FILE).exists()
+    # No checkpoint of the unchanged weights at the budget: the same command again stops again,
+    # rather than resume at its budget and export them.
+    assert load_checkpoint(run_dir / LATEST)["images_seen"] == 32
+    assert one_error_line(main, ["--config", str(config)], capsys) == line
+
+
+def _finetune_argv(tmp_path, weights, name: str) -> list[str]:
+    from tests.transfer.test_transfer_finetune import RECIPE, SMALL  # noqa: PLC0415
+
+    train_dir, val_dir = tmp_path / "train", tmp_path / "val"
+    return ["finetune", "--config", RECIPE, f"run.dir={tmp_path / 'runs'}", f"run.name={name}", *SMALL,
+            f"init={weights}", f"data.train={train_dir}", f"data.val={val_dir}", "finetune.epochs=2"]
+
+
+@pytest.mark.slow
+def test_fine_tuning_from_nan_weights_stops_with_one_line_and_writes_no_model(tmp_path, one_thread, capsys):
+    _, _, weights = colour_task(tmp_path, 8, 3, model="resnext_tiny")
+    state = torch.load(weights, weights_only=True)
+    state["layer2.0.conv1.weight"][0, 0] = float("nan")
+    torch.save(state, weights)
+    line = one_error_line(transfer_main, _finetune_argv(tmp_path, weights, "nan"), capsys)
+    assert line == (f"error: init={weights}: holds non-finite weights (NaN or inf in 1 tensors, e.g. "
+                    "layer2.0.conv1.weight); training or evaluating from them cannot give anything finite")
+    assert not list((tmp_path / "runs").rglob("*.safetensors")) and not list((tmp_path / "runs").rglob("*.pt"))
+
+
+@pytest.mark.slow
+def test_fine_tuning_with_no_finite_step_stops_with_one_line_and_writes_no_model(tmp_path, one_thread, capsys):
+    # Finite weights that overflow every forward (every stem weight 3e38): each step is skipped; the
+    # first epoch's end, with no finite step since the start, stops the run before any model file.
+    _, _, weights = colour_task(tmp_path, 8, 3, model="resnext_tiny")
+    state = torch.load(weights, weights_only=True)
+    state["conv1.weight"].fill_(3e38)
+    torch.save(state, weights)
+    line = one_error_line(transfer_main, _finetune_argv(tmp_path, weights, "overflow"), capsys)
+    assert line.startswith("error: fine-tuning diverged: every optimiser step of this run (3) had a non-finite loss "
+                           "or gradient (epoch 1, step 3); nothing of this epoch was saved"), line
+    assert not list((tmp_path / "runs").rglob("*.safetensors")) and not list((tmp_path / "runs").rglob("*.pt"))

@@ -14,8 +14,8 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from data.errors import UserError
-from pretrain.checkpoint import (LATEST, TRUNK_FILE, checkpoint_path, export_trunk, find_resume,
-                                 load_checkpoint, load_trunk, numbered_checkpoints, restore_rng_states,
+from pretrain.checkpoint import (LATEST, TRUNK_FILE, checkpoint_path, export_trunk, load_checkpoint,
+                                 load_resume, load_trunk, numbered_checkpoints, restore_rng_states,
                                  restore_training_state, rng_state, safe_torch_load, save_checkpoint,
                                  set_rng_state, training_state, unwrap_model)
 
@@ -109,13 +109,13 @@ def test_keep_last_k_and_latest_points_at_the_newest(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-400.pt", "checkpoint-500.pt", LATEST], "no temp files"
     assert os.path.samefile(tmp_path / LATEST, tmp_path / "checkpoint-500.pt"), "latest is a hard link, not a copy"
     # Resuming from an older checkpoint and saving again keeps the abandoned newer file for the user.
-    save_checkpoint(tmp_path, {"model": {}}, 450, keep_last=1)
+    save_checkpoint(tmp_path, {"model": {}, "step": 4}, 450, keep_last=1)
     assert [images for images, _ in numbered_checkpoints(tmp_path)] == [450, 500]
     assert load_checkpoint(tmp_path / LATEST)["images_seen"] == 450
 
 
 def test_corrupt_truncated_and_foreign_files_are_clear_errors(tmp_path):
-    good = save_checkpoint(tmp_path / "run", {"model": {"w": torch.ones(1000)}}, 5, keep_last=1)
+    good = save_checkpoint(tmp_path / "run", {"model": {"w": torch.ones(1000)}, "step": 1}, 5, keep_last=1)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(UserError, match=r"truncated, corrupt or another format"):
@@ -134,28 +134,33 @@ def test_corrupt_truncated_and_foreign_files_are_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_find_resume(tmp_path):
+def test_load_resume(tmp_path):
     run_dir = tmp_path / "run"
-    assert find_resume(run_dir, "auto") is None
-    assert find_resume(run_dir, "none") is None
-    save_checkpoint(run_dir, {"model": {}}, 10, keep_last=3)
-    save_checkpoint(run_dir, {"model": {}}, 20, keep_last=3)
-    assert find_resume(run_dir, "auto") == run_dir / LATEST
-    assert find_resume(run_dir, "none") is None
-    assert find_resume(tmp_path, str(run_dir)) == run_dir / LATEST
-    assert find_resume(tmp_path, str(checkpoint_path(run_dir, 10))) == run_dir / "checkpoint-10.pt"
+    said: list[str] = []
+    assert load_resume(run_dir, "auto") is None
+    assert load_resume(run_dir, "none") is None
+    save_checkpoint(run_dir, {"model": {}, "step": 1}, 10, keep_last=3)
+    save_checkpoint(run_dir, {"model": {}, "step": 2}, 20, keep_last=3)
+    assert load_resume(run_dir, "auto").path == run_dir / LATEST
+    assert load_resume(run_dir, "auto").state["images_seen"] == 20
+    assert load_resume(run_dir, "none") is None
+    assert load_resume(tmp_path, str(run_dir)).path == run_dir / LATEST
+    assert load_resume(tmp_path, str(checkpoint_path(run_dir, 10))).state["step"] == 1
     with pytest.raises(UserError, match=r"checkpoint.resume=.*nope.pt: no such checkpoint"):
-        find_resume(run_dir, str(tmp_path / "nope.pt"))
-    # A damaged latest (disk trouble, not our writer) falls back to the newest numbered file that loads.
+        load_resume(run_dir, str(tmp_path / "nope.pt"))
+    # A damaged latest (disk trouble, not our writer) falls back to the newest numbered file that
+    # loads, and says so in one line.
     os.unlink(run_dir / LATEST)
     (run_dir / LATEST).write_bytes(b"\0" * 100)
-    assert find_resume(run_dir, "auto") == run_dir / "checkpoint-20.pt"
+    assert load_resume(run_dir, "auto", say=said.append).path == run_dir / "checkpoint-20.pt"
+    assert len(said) == 1 and said[0].startswith(f"{LATEST}: ")
+    assert said[0].endswith(f"; resuming from {run_dir / 'checkpoint-20.pt'}, the newest intact checkpoint")
     # Nothing loadable at all: an error, not a silent fresh start over the user's run.
     for path in run_dir.glob("checkpoint-*.pt"):
         path.write_bytes(b"\0" * 100)
     with pytest.raises(UserError, match=r"holds checkpoints but none loads .*checkpoint.resume=none"):
-        find_resume(run_dir, "auto")
-    assert find_resume(run_dir, "none") is None
+        load_resume(run_dir, "auto")
+    assert load_resume(run_dir, "none") is None
 
 
 def _small_resnext(num_classes: int) -> ResNet:

@@ -70,7 +70,7 @@ def test_choices_are_checked_with_a_suggestion(tmp_path):
 @pytest.mark.parametrize("override, expected", [
     ("data.sampling.q=1.5", "data.sampling.q must be in [0, 1], got 1.5"),
     ("data.sampling.cap=0.5", "data.sampling.cap must be >= 1, got 0.5"),
-    ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+    ("data.batch_size=0", "data.batch_size must be in [1, 4096], got 0"),
     ("optim.clip_grad=0", "optim.clip_grad must be > 0, got 0.0"),
     ("optim.base_lr=nan", "optim.base_lr must be finite, got nan"),
     ("optim.warmup_images=2000000", "optim.warmup_images must be smaller than optim.total_images (1000000), "
@@ -79,6 +79,23 @@ def test_choices_are_checked_with_a_suggestion(tmp_path):
 ])
 def test_range_checks(override, expected):
     assert error_of(None, ["data.train=s", override]) == f"override {override!r}: {expected}"
+
+
+@pytest.mark.parametrize("override, bound, why", [
+    # Accepted before the bounds: the first two allocated or forked until the run hung, the third
+    # skipped every sample as `corrupt` (30 GB per crop) and ended saying the shards were bad.
+    ("data.batch_size=1e20", "in [1, 4096], got 100000000000000000000", "fits no accelerator"),
+    ("data.workers=1000", "in [0, 64], got 1000", "outnumber the cores"),
+    ("data.image_size=100000", "in [8, 1024], got 100000", "classification crops are 224-480 px"),
+    ("data.shuffle_buffer=1e9", "in [1, 100000], got 1000000000", "gigabytes per worker"),
+    ("eval.batch_size=5000", "in [1, 4096], got 5000", "fits no accelerator"),
+])
+def test_sizes_that_allocate_have_upper_bounds_and_say_why(override, bound, why):
+    message = error_of(None, ["data.train=s", override])
+    key = override.split("=")[0]
+    assert message.startswith(f"override {override!r}: {key} must be {bound}: "), message
+    assert why in message
+    load_config(None, ["data.train=s", "data.batch_size=4096", "data.workers=64", "data.image_size=1024"])
 
 
 @pytest.mark.parametrize("override, expected", [

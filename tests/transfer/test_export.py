@@ -226,7 +226,8 @@ def test_bad_input_is_one_error_line(case, message, trained_run, tmp_path, capsy
 def test_a_fine_tuning_checkpoint_points_at_the_model_files(tmp_path):
     from pretrain.checkpoint import save_checkpoint
 
-    path = save_checkpoint(tmp_path, {"model": {}, "config": {"finetune": {}, "model": {"name": "resnext_tiny"}}}, 8, 1)
+    config = {"finetune": {}, "model": {"name": "resnext_tiny"}}
+    path = save_checkpoint(tmp_path, {"model": {}, "step": 1, "config": config}, 8, 1)
     with pytest.raises(UserError, match="fine-tuning checkpoint, which does not name its classes"):
         read_source(path)
 

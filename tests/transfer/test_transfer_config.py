@@ -26,6 +26,11 @@ def test_docs_carry_the_generated_key_reference():
     ("linear.weight_decays=[]", "linear.weight_decays must list at least one value"),
     ("data.kind=folder", "data.kind must be one of auto, imagefolder, imagenet_val, wds"),
     ("modle.name=x", "unknown key modle"),
+    # Sizes that allocate memory or processes have upper bounds, and the error says why.
+    ("data.batch_size=1e20", "data.batch_size must be in [1, 4096], got 100000000000000000000: a per-rank batch"),
+    ("finetune.batch_size=10000", "finetune.batch_size must be in [1, 4096], got 10000: a per-rank batch"),
+    ("data.workers=1000", "data.workers must be in [0, 64], got 1000: DataLoader processes per rank"),
+    ("data.image_size=100000", "data.image_size must be in [8, 1024], got 100000: classification crops"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(override, message):
     with pytest.raises(UserError) as err:
