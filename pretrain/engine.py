@@ -126,6 +126,7 @@ class Engine:
         self.settings, self.device, self.scheduler, self.scaler = settings, device, scheduler, scaler
         self.normalize = Normalizer(device, settings.channels_last)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        _zero_momentum_buffers(optimizer)
         buffers = list(model.buffers())
         # None: nothing to guard (or, in scripts/gpu_check.py, the guard's cost measured by its absence).
         self.buffer_guard: BufferGuard | None = BufferGuard(buffers) if buffers else None
@@ -247,6 +248,25 @@ class Engine:
             if on_step is not None:
                 on_step(progress)
         return Interval(steps, waited)
+
+
+def _zero_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """Zero momentum buffers where SGD has none yet (a fresh run; a resumed one has them).
+
+    Fused SGD makes them with ``torch.empty_like`` on its first step and fills them only if that
+    step is not skipped: a non-finite first step would leave uninitialised memory in them, and every
+    later step would add it to the weights (seen on CPU: NaN weights after the next finite step).
+    With dampening 0 a zero buffer gives exactly what the first step would store (0.9 x 0 + g = g).
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if not group.get("momentum") or group.get("dampening"):  # dampening: the first step differs
+            continue
+        for param in group["params"]:
+            state = optimizer.state[param]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
 @dataclass(frozen=True)
