@@ -84,4 +84,5 @@ def test_the_summary_has_the_tables_and_claims_no_gpu_figure(dry_run):
     assert summary.startswith("# GPU check (dry run on the CPU: toy sizes, no GPU figure)")
     for heading in ("## CUDA tests: 0 passed, 0 failed,", "## Training step throughput", "## End to end", "## Phases"):
         assert heading in summary
-    assert "1,211 img/s per GPU" in summary and "**not measured on GPU (dry run)**" in summary
+    assert "| bf16_cl_eager (AMP + NHWC for the anchor) | 1,211 | - | **not measured on GPU (dry run)** |" in summary
+    assert "| fp32_eager (TF32 for the anchor) | 456 | - | **not measured on GPU (dry run)** |" in summary
