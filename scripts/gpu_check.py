@@ -103,8 +103,9 @@ class Sizes:
     image_size: int
     batch_size: int
     warmup: int
-    steps: int
+    steps: int  # timed steps per round, at most: fewer when a round would last over round_seconds
     rounds: int
+    round_seconds: float | None
     world_images: int
     world_size_range: tuple[int, int]
     e2e_model: str
@@ -118,11 +119,12 @@ class Sizes:
 
 
 GPU = Sizes(models=("resnext101_32x4d", "resnext101_32x8d", "resnext101_32x16d"), image_size=224, batch_size=128,
-            warmup=3, steps=8, rounds=2, world_images=8000, world_size_range=(288, 384),
+            warmup=3, steps=8, rounds=2, round_seconds=1.5, world_images=8000, world_size_range=(288, 384),
             e2e_model="resnext101_32x8d", e2e_batch=64, e2e_log_every=20, e2e_runs="cpu:4,cpu:12",
             e2e_max_images=None, shuffle_buffer=1000, compile_backend="inductor",
             budgets={"tests": 75, "throughput": 100, "e2e": 160})
-DRY = Sizes(models=("resnext_micro",), image_size=32, batch_size=4, warmup=1, steps=2, rounds=2, world_images=48,
+DRY = Sizes(models=("resnext_micro",), image_size=32, batch_size=4, warmup=1, steps=2, rounds=2, round_seconds=None,
+            world_images=48,
             world_size_range=(64, 96), e2e_model="resnext_micro", e2e_batch=4, e2e_log_every=2, e2e_runs="cpu:1,cpu:2",
             e2e_max_images=48, shuffle_buffer=50, compile_backend="aot_eager", budgets={"tests": 60, "throughput": 60, "e2e": 120})
 
@@ -278,8 +280,9 @@ def phase_env(check: Check, webdataset: str) -> None:
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     compute_capability=f"{props.major}.{props.minor}", cudnn=torch.backends.cudnn.version(),
-                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32,
-                    nccl=".".join(map(str, torch.cuda.nccl.version())))
+                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32)
+        with contextlib.suppress(Exception):  # informative only
+            info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
     elif not check.args.dry_run:
         raise RuntimeError("no CUDA GPU visible: run with --dry-run on a machine without one")
     check.record(phase="env", **info)
@@ -379,7 +382,8 @@ def phase_throughput(check: Check, budget: float, models: list[str], modes: list
         spec = {"model": model, "modes": by_model[model], "out": str(check.work / f"{tag}-{model}.jsonl"),
                 "device": check.device, "image_size": check.sizes.image_size,
                 "batch_size": check.args.batch_size or check.sizes.batch_size, "warmup": check.sizes.warmup,
-                "steps": check.sizes.steps, "rounds": check.sizes.rounds, "backend": check.sizes.compile_backend}
+                "steps": check.sizes.steps, "rounds": check.sizes.rounds, "round_seconds": check.sizes.round_seconds,
+                "backend": check.sizes.compile_backend}
         Path(spec["out"]).unlink(missing_ok=True)
         code, seconds = check.run([sys.executable, str(Path(__file__).resolve()), "--out", str(check.out),
                                    "--measure", json.dumps(spec)], f"{tag}.log", left)
@@ -550,13 +554,17 @@ def measure_mode(spec: dict[str, Any], mode_name: str, batch_size: int) -> dict[
         engine.step([batch], progress, batch_size)
     sync()
     warmup_seconds = time.perf_counter() - start
+    steps = spec["steps"]
+    if spec["round_seconds"]:  # the big fp32 models take ~0.5 s a step: 3 steps a round, not 8
+        rate, _ = _timed(engine, batch, progress, 1, batch_size, cuda)
+        steps = max(3, min(steps, int(spec["round_seconds"] * rate / batch_size)))
     guard = engine.buffer_guard
     rates: dict[str, list[float]] = {"with": [], "without": []}
     host_ms: list[float] = []
-    for _ in range(spec["rounds"]):
-        for variant in ("with", "without"):
+    for round_ in range(spec["rounds"]):
+        for variant in ("with", "without") if round_ % 2 == 0 else ("without", "with"):  # no order bias
             engine.buffer_guard = guard if variant == "with" else None
-            rate, host = _timed(engine, batch, progress, spec["steps"], batch_size, cuda)
+            rate, host = _timed(engine, batch, progress, steps, batch_size, cuda)
             rates[variant].append(rate)
             if variant == "with":
                 host_ms.append(host)
@@ -569,7 +577,7 @@ def measure_mode(spec: dict[str, Any], mode_name: str, batch_size: int) -> dict[
            "guard_cost": 1.0 - with_guard / without,
            "round_spread": (max(rates["with"]) - min(rates["with"])) / with_guard,
            "host_ms_per_step": statistics.median(host_ms), "warmup_seconds": warmup_seconds,
-           "warmup_steps": spec["warmup"] + (2 if mode.compiled else 0), "timed_steps": spec["steps"] * spec["rounds"],
+           "warmup_steps": spec["warmup"] + (2 if mode.compiled else 0), "timed_steps": steps * spec["rounds"],
            "loss": stats["loss"], "nonfinite_steps": stats["nonfinite_steps"],
            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
            "compiled_backend": spec["backend"] if mode.compiled else None, "cudnn_benchmark": mode.cudnn_benchmark}
