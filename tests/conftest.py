@@ -3,6 +3,9 @@
 Tests that read the real third-party data in ../shared/data (next to the checkout, present in CI
 and on developer machines, absent from a user's clone) ask for the ``shared_data`` fixture, which
 skips with a stated reason when the folder is missing.
+
+Tests marked ``cuda`` need a GPU: where none is visible they are skipped with that reason;
+``scripts/gpu_check.py`` runs them on one (``pytest -m cuda``).
 """
 from __future__ import annotations
 
@@ -14,6 +17,18 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("OPENWSL_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+NO_CUDA = ("needs a CUDA GPU and none is visible here; scripts/gpu_check.py runs the cuda-marked tests "
+           "on one (docs/benchmarks.md, section GPU)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(pytest.mark.skip(reason=NO_CUDA))
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,33 @@ def test_a_non_finite_step_is_skipped_counted_and_leaves_weights_momentum_and_bn
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
 
 
+def test_a_non_finite_first_step_leaves_no_trace_in_the_momentum():
+    """Skipped before any momentum exists: the next finite step gives exactly the weights and
+    momentum of a run that never saw the bad batch (fused SGD would otherwise start from the
+    uninitialised buffers it allocates on its first step)."""
+    def constant_lr(engine: Engine) -> None:
+        engine.scheduler = ImageScheduler(engine.optimizer, LRSchedule(peak_lr=0.1, total_images=10_000,
+                                                                       decay_steps=0))
+        engine.scheduler.step(0)  # lr 0.1 from the first step on, in both runs
+
+    skipped, skipped_model, skipped_optimizer = _engine()
+    clean, clean_model, clean_optimizer = _engine()
+    constant_lr(skipped)
+    constant_lr(clean)
+    head = skipped_model.fc.weight
+    finite_head = head.detach().clone()
+    with torch.no_grad():
+        head.mul_(1e38)
+    skipped.step([_batch(1)], Progress(), 4)
+    assert skipped.read_stats()["nonfinite_steps"] == 1
+    with torch.no_grad():
+        head.copy_(finite_head)
+    skipped.step([_batch(0)], Progress(), 4)
+    clean.step([_batch(0)], Progress(), 4)
+    a, b = _snapshot(skipped_model, skipped_optimizer), _snapshot(clean_model, clean_optimizer)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 def _diverging_config(tmp_path, **optim):
     shards, _ = make_shards(tmp_path)
     # lr 1e12: the first steps are finite and throw the weights so far that every later forward

@@ -205,3 +205,47 @@ def test_trunk_errors(tmp_path):
         load_trunk(bad)
     with pytest.raises(UserError, match=r"not found"):
         load_trunk(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.cuda
+def test_a_checkpoint_saved_on_cuda_loads_on_the_cpu_and_restores_the_training_state(tmp_path):
+    """Saved from CUDA (fused SGD with momentum, bf16 steps, the CUDA RNG state), loaded with the
+    default map_location into CPU objects: weights, BN statistics, momentum and schedule equal."""
+    torch.manual_seed(0)
+    model = TinyNet().cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+    for _ in range(3):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(torch.randn(8, 3, 16, 16, device="cuda")).logsumexp(1).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+    state = training_state(model, optimizer, scheduler, step=3, config={"device": "cuda"})
+    path = save_checkpoint(tmp_path, state, images_seen=24, keep_last=1)
+
+    loaded = load_checkpoint(path)
+    devices = {t.device.type for t in _tensors(loaded)}
+    assert devices == {"cpu"}, devices
+    cpu_model = TinyNet()
+    cpu_optimizer = torch.optim.SGD(cpu_model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    cpu_scheduler = torch.optim.lr_scheduler.LambdaLR(cpu_optimizer, lambda step: 1.0 / (1 + step))
+    restore_training_state(loaded, cpu_model, cpu_optimizer, cpu_scheduler)
+    for (name, a), b in zip(model.state_dict().items(), cpu_model.state_dict().values()):
+        assert torch.equal(a.cpu(), b), name
+    momentum = [(optimizer.state[p]["momentum_buffer"], cpu_optimizer.state[q]["momentum_buffer"])
+                for p, q in zip(model.parameters(), cpu_model.parameters())]
+    assert all(torch.equal(a.cpu(), b) for a, b in momentum)
+    assert cpu_scheduler.state_dict() == scheduler.state_dict() and loaded["step"] == 3
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)

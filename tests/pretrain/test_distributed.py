@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,26 @@ def test_slurm_example_launches_torchrun_with_a_c10d_rendezvous_on_the_first_nod
                     "configs/pretrain/resnext101_32x8d_yfcc_in1k.yaml", "optim.total_images=1000"]
     usage = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     assert usage.returncode == 2 and "usage: sbatch" in usage.stderr
+
+
+@pytest.mark.cuda
+def test_one_rank_nccl_group_on_cuda_all_reduces(monkeypatch):
+    """What torchrun --nproc_per_node=1 gives a GPU job: the nccl backend (auto), the rank's GPU
+    bound up front, and a working all-reduce and barrier."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    info = init_distributed("auto", timeout_s=120)
+    try:
+        assert info == DistInfo(0, 0, 1, torch.device("cuda", 0), True, "nccl")
+        assert torch.distributed.get_backend() == "nccl"
+        values = torch.arange(1024, dtype=torch.float32, device=info.device)
+        torch.distributed.all_reduce(values)
+        barrier()
+        assert values.device == info.device and torch.equal(values.cpu(), torch.arange(1024, dtype=torch.float32))
+    finally:
+        cleanup()
+    assert not torch.distributed.is_initialized()
