@@ -21,7 +21,7 @@ REASONS = (
     "truncated_tar",  # the shard ended mid-member; the samples before the cut were used
     "missing_image",  # a sample without an image member
     "missing_json",  # a sample without its .json member
-    "invalid_json",  # the .json is not a JSON object with a 'labels' list of integers
+    "invalid_json",  # the .json is not a JSON object with a 'labels' list of integers, or nests too deep
     "no_label",  # no label id inside the vocabulary
     "corrupt",  # image bytes that do not decode
     "truncated",  # image data cut short

@@ -9,12 +9,12 @@ are unknown, so a training run must state its epoch size in images.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from data.errors import UserError
+from data.untrusted_json import InvalidJSON, parse_json
 
 INFO_FILE = "info.json"
 #: the splits of a shard directory: ``train-NNNNNN.tar`` and ``val-NNNNNN.tar``
@@ -100,8 +100,8 @@ def _from_directory(directory: Path, split: str) -> ShardSource:
 
 def _read_info(path: Path) -> dict[str, Any]:
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        info = parse_json(path.read_bytes())
+    except (OSError, InvalidJSON) as err:
         raise UserError(f"cannot read {path}: {err}; rebuild it with scripts/build_shards.py "
                         "--finalize") from None
     if not isinstance(info, dict):
