@@ -9,6 +9,7 @@ are unknown, so a training run must state its epoch size in images.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +20,10 @@ from data.untrusted_json import InvalidJSON, parse_json
 INFO_FILE = "info.json"
 #: the splits of a shard directory: ``train-NNNNNN.tar`` and ``val-NNNNNN.tar``
 SPLITS = ("train", "val")
+#: what a shard name in info.json may be: a plain file name in the directory. Names are joined to
+#: the directory and opened with webdataset's gopen, so anything else could leave the directory
+#: ('../', '/abs') or run a command ('pipe:...', a name that is a URL, '-' for stdin).
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")
 # Schemes gopen understands; anything else is a local path and must exist.
 _REMOTE_PREFIXES = ("pipe:", "http://", "https://", "gs://", "s3://", "ais://", "hf://", "file:")
 
@@ -116,7 +121,13 @@ def _shard_entries(info: dict[str, Any], path: Path, split: str) -> list[tuple[s
         raise UserError(f"{path} has no 'shards' object with a {split!r} list; it was not written "
                         "by scripts/build_shards.py — rebuild it")
     try:
-        return [(str(entry["name"]), int(entry["samples"])) for entry in listed]
+        entries = [(entry["name"], int(entry["samples"])) for entry in listed]
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path}: every entry of shards.{split} needs 'name' and 'samples'; "
                         "rebuild it with scripts/build_shards.py --finalize") from None
+    for name, _ in entries:
+        if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+            raise UserError(f"{path}: shards.{split} names {name!r}, which is not a plain .tar file name "
+                            "in that directory (letters, digits, '_', '-', '.'; no path, URL or "
+                            "command); refusing the directory: rebuild it with scripts/build_shards.py")
+    return entries
