@@ -19,6 +19,7 @@ LOG = logging.getLogger("openwsl.data.stream")
 REASONS = (
     "unreadable_shard",  # the shard could not be opened (missing file, failed pipe: command)
     "truncated_tar",  # the shard ended mid-member; the samples before the cut were used
+    "too_large",  # a member over its cap (64 MiB images, 1 MiB json), never read
     "missing_image",  # a sample without an image member
     "missing_json",  # a sample without its .json member
     "invalid_json",  # the .json is not a JSON object with a 'labels' list of integers, or nests too deep
