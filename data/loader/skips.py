@@ -18,6 +18,7 @@ LOG = logging.getLogger("openwsl.data.stream")
 #: every reason a stream can skip for; the image reasons are those of data.images.decode.ImageSkip
 REASONS = (
     "unreadable_shard",  # the shard could not be opened (missing file, failed pipe: command)
+    "corrupt_shard",  # the shard's bytes differ from the sha256 info.json records; none of it used
     "truncated_tar",  # the shard ended mid-member; the samples before the cut were used
     "too_large",  # a member over its cap (64 MiB images, 1 MiB json), never read
     "missing_image",  # a sample without an image member

@@ -25,13 +25,19 @@ from data.untrusted_json import MAX_JSON_BYTES
 Sample = dict[str, Any]
 
 
-def tar_samples(urls: Iterable[str], skips: SkipCounter,
-                on_shard: Callable[[], None] | None = None) -> Iterator[Sample]:
+def tar_samples(urls: Iterable[str], skips: SkipCounter, on_shard: Callable[[], None] | None = None,
+                mismatch: Callable[[str], str | None] | None = None) -> Iterator[Sample]:
     """Samples ``{"__key__", "__url__", <suffix>: bytes ...}`` of every shard in ``urls``;
-    ``on_shard`` is called as each shard is opened."""
+    ``on_shard`` is called as each shard is opened. A shard for which ``mismatch`` (e.g.
+    :meth:`~data.loader.shard_digests.ShardDigests.mismatch`) gives a reason is skipped, counted
+    as ``corrupt_shard``."""
     for url in urls:
         if on_shard is not None:
             on_shard()
+        problem = mismatch(url) if mismatch is not None else None
+        if problem is not None:
+            skips.add("corrupt_shard", url, problem)
+            continue
         try:
             stream = gopen(url, "rb")
         except Exception as err:  # noqa: BLE001 - any failure to open is the same skip
