@@ -1,7 +1,8 @@
 """Atomic file writes: temp file in the same directory, fsync, rename.
 
 A reader (or a restarted job) sees either the old complete file or the new complete file, never a
-partial one. Used for vocab.json, info.json, shards, reports and checkpoints.
+partial one. Used for vocab.json, info.json, shards, reports and checkpoints. The file gets the
+permissions a plain ``open()`` would give it: 0666 less the user's umask.
 
 A write that fails because the disk (or a quota, or a file-size limit) is full removes its temp
 file and raises one :class:`~data.errors.UserError` line naming the file, whatever layer saw the
@@ -14,7 +15,7 @@ import contextlib
 import errno
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -31,7 +32,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise ValueError(f"atomic_open supports 'wb' and 'w', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
@@ -48,6 +49,20 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
                             "kept") from None
         raise
     fsync_dir(path.parent)
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new temp file ``.<name>.<random>.tmp`` beside ``path``, open for writing, with the mode a
+    plain ``open()`` gives (0666 less the user's umask). ``tempfile.mkstemp`` would make it 0600
+    whatever the umask, and the rename would hand that to the output: shards and checkpoints on a
+    shared filesystem unreadable by anyone else."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def disk_full_error(err: BaseException | None) -> OSError | None:

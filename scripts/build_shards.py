@@ -19,6 +19,7 @@ from pathlib import Path
 
 from data.corpus import SOURCES, open_corpus
 from data.errors import UserError, cli_main
+from data.overwrite_guard import refuse_overwriting_inputs
 from data.images.decode import (DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, DEFAULT_RESAMPLE, DEFAULT_SHORT_SIDE, RESAMPLE,
                          ImageSettings)
 from data.images.near_duplicates import DEFAULT_THRESHOLD
@@ -120,6 +121,8 @@ def summary(info: dict, out: Path) -> str:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    refuse_overwriting_inputs({f"--{flag.replace('_', '-')}": getattr(args, flag)
+                               for flag in ("input", "images", "vocab", "exclude_near")}, output_dirs={"--out": args.out})
     if args.finalize:
         print(summary(finalize(args.out, verify=True, workers=args.workers, progress=not args.no_progress), args.out))
         return 0

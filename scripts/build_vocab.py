@@ -18,6 +18,7 @@ from pathlib import Path
 
 from data.corpus import SOURCES, open_corpus
 from data.errors import UserError, cli_main
+from data.overwrite_guard import refuse_overwriting_inputs
 from data.vocab.build import build_vocabulary
 from data.vocab.synsets import FAMILIES
 from data.vocab.tags import DEFAULT_MAX_LENGTH, DEFAULT_STOPLIST, TagCanonicalizer
@@ -84,6 +85,10 @@ def report_paths(out: Path) -> tuple[Path, Path]:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    json_path, png_path = report_paths(args.out)
+    stoplist = None if args.stoplist.lower() == "none" else args.stoplist
+    refuse_overwriting_inputs({"--input": args.input, "--stoplist": stoplist},
+                              {"--out": args.out, "the report of --out": json_path, "the plot of --out": png_path})
     if args.align is not None and args.align not in FAMILIES:
         raise UserError(f"unknown --align family {args.align!r}; use one of: {', '.join(FAMILIES)}")
     if args.workers < 0:
@@ -95,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
                          image_field=args.image_field, tags_delimiter=args.tags_delimiter)
     vocab, report = build_vocabulary(reader, canonicalizer, top_k=args.top_k, min_count=args.min_count,
                                      align=args.align, workers=args.workers, progress=not args.no_progress)
-    json_path, png_path = report_paths(args.out)
     vocab.save(args.out)
     report.write(json_path, png_path)
     print(report.summary(json_path, png_path, args.out))

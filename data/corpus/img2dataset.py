@@ -14,8 +14,9 @@ tar when the sidecar has the tags column (a few kilobytes instead of the images)
 sidecar, as img2dataset writes it from the same rows.
 
 Skipped and counted, never fatal: rows whose sidecar status is not "success" (they have no image),
-samples with invalid JSON, a JSON member over :data:`MAX_JSON_BYTES` (never read: a hostile tar
-cannot make the reader hold a giant member), without an image, without JSON, without the tags
+samples with invalid JSON or JSON nested too deep (:func:`data.untrusted_json.parse_json`), a
+JSON member over :data:`~data.untrusted_json.MAX_JSON_BYTES` (never read: a hostile tar cannot make
+the reader hold a giant member), without an image, without JSON, without the tags
 field, with tags of the wrong type, and the rest of a truncated or corrupt tar. The number in a
 malformed entry is the tar member's index (sidecar: the row's index), the reason names the tar (or
 sidecar) file.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import difflib
 import glob
-import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +39,11 @@ from data.corpus.record import CorpusReader, RecordBatch
 from data.corpus.table import BAD_TAGS, BAD_VALUE, mixed_column, split_tags, tags_value
 from data.errors import UserError
 from data.tar_member import IMAGE_SUFFIXES, TarMember, split_member_name
+from data.untrusted_json import INVALID, MAX_JSON_BYTES, InvalidJSON, parse_json
 
 # JSON fields left out of a record's metadata: large, and of no use to later stages.
 BIG_FIELDS = frozenset({"exif", "error_message"})
-# img2dataset writes a few hundred bytes of JSON per sample (more with EXIF); the image index of
-# the shard builder reads sample JSON under the same bound.
-MAX_JSON_BYTES = 1 << 20
-
-BAD_JSON = "invalid JSON"
+BAD_JSON = INVALID
 BIG_JSON = "JSON too large"
 NO_IMAGE = "no image"
 NO_JSON = "no JSON"
@@ -190,9 +187,9 @@ class Img2DatasetReader(CorpusReader):
         if members["json"][1].size > MAX_JSON_BYTES:
             return BIG_JSON, {}
         try:
-            row = json.loads(handle.extractfile(members["json"][1]).read())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return BAD_JSON, {}
+            row = parse_json(handle.extractfile(members["json"][1]).read())
+        except InvalidJSON as err:
+            return err.reason, {}
         except (tarfile.TarError, OSError, EOFError):
             return TRUNCATED, {}
         if not isinstance(row, dict):
@@ -250,8 +247,8 @@ def _first_json_fields(tar: str) -> list[str] | None:
                 named = split_member_name(member.name) if member.isfile() else None
                 if named is not None and named[1] == "json" and member.size <= MAX_JSON_BYTES:
                     try:
-                        row = json.loads(handle.extractfile(member).read())
-                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        row = parse_json(handle.extractfile(member).read())
+                    except InvalidJSON:
                         continue
                     if isinstance(row, dict):
                         return list(row)

@@ -10,7 +10,8 @@ YFCC100M reader uses too (data/corpus/lines.py): a plain file's blocks are byte 
 worker reads, a compressed file is decompressed once in the parent and its blocks travel with the
 chunk. A Parquet file is read one row group per chunk. A JSONL block that pyarrow cannot take whole
 (a broken line, a column whose type changes between rows) is re-read line by line so that only the
-bad lines are lost.
+bad lines are lost; so is a block with a line that may nest deeper than
+:data:`data.untrusted_json.MAX_DEPTH` (pyarrow has no depth limit), where such a line is malformed.
 
 Malformed rows are skipped and reported as (number, reason), where the number is the 1-based line
 in the text file (the CSV header is line 1) or the 1-based row in a Parquet file. The rules shared
@@ -43,6 +44,7 @@ import pyarrow.parquet as pq
 from data.corpus.lines import LONG_LINE, LineBlock, damaged_lines, file_pieces, line_blocks, line_ends, read_block
 from data.corpus.record import CorpusReader, ImageRef, RecordBatch
 from data.errors import UserError
+from data.untrusted_json import INVALID, InvalidJSON, may_nest_too_deep, parse_json
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
 _FORMAT_OF_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
@@ -58,7 +60,7 @@ MISSING_KEY = "missing key"
 BAD_KEY = "key is not a string or integer"
 BAD_TAGS = "tags are not a list of strings or a delimited string"
 BAD_IMAGE = "image is not a string"
-BAD_JSON = "invalid JSON"
+BAD_JSON = INVALID
 NOT_OBJECT = "JSON line is not an object"
 FIELD_COUNT = "wrong number of fields"
 BAD_ROW_GROUP = "unreadable Parquet row group"
@@ -345,6 +347,9 @@ class TableReader(CorpusReader):
         """A JSONL block, columnar when pyarrow takes it whole, else line by line."""
         if not block.strip():
             return pa.table({}), np.zeros(0, np.int64), []
+        if may_nest_too_deep(block):
+            # pyarrow's reader has no depth limit (a line nested 100,000 deep crashes the process)
+            return self._parse_jsonl_lines(block, first_line)
         try:
             table = pjson.read_json(io.BytesIO(block), read_options=pjson.ReadOptions(
                 use_threads=False, block_size=max(len(block), 1 << 20)))
@@ -380,9 +385,9 @@ class TableReader(CorpusReader):
     def _json_row(self, raw: bytes) -> tuple[str | None, dict]:
         """(reason it is malformed or None, the row with key and tags in their column types)."""
         try:
-            row = json.loads(raw)
-        except json.JSONDecodeError:
-            return BAD_JSON, {}
+            row = parse_json(raw)
+        except InvalidJSON as err:
+            return err.reason, {}
         if not isinstance(row, dict):
             return NOT_OBJECT, {}
         key = row.get(self.key_field)

@@ -4,8 +4,11 @@ Corpus images come from the open web, so every step assumes hostile input:
 
 - Only an allowlist of raster formats is tried (:data:`FORMATS`); Pillow's other plugins (EPS calls
   Ghostscript, for one) never see the bytes.
-- The pixel count is checked from the header *before* any pixel is decoded (``Image.open`` is lazy).
-  Pillow's own decompression-bomb guard is kept as a second line: its error becomes the same skip.
+- The pixel count is checked from the header *before* any pixel is decoded (``Image.open`` is lazy),
+  and so are the bytes decoding will take: the mode (also in the header) sets the bytes per pixel
+  (:data:`DECODE_BYTES_PER_PIXEL`), and no image may take more than an RGB image at the pixel
+  limit. Pillow's own decompression-bomb guard is kept as a second line: its error becomes the
+  same skip.
 - JPEGs are decoded at a reduced DCT scale (``draft``) when the target size allows, so a large photo
   costs a fraction of a full decode in time and memory.
 - Truncated or corrupt files raise :class:`ImageSkip` carrying a named reason; nothing here sets
@@ -42,6 +45,18 @@ DEFAULT_MAX_PIXELS = 100_000_000
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "lanczos": Image.Resampling.LANCZOS}
 DEFAULT_RESAMPLE = "bilinear"
+#: the most bytes an encoded image may have: far above any web photo (a 100-megapixel JPEG is
+#: 20-50 MB), and a bound on what one read may hold in memory, whatever a tar header claims
+MAX_IMAGE_BYTES = 64 * 2**20
+#: Peak bytes per pixel of decoding an image of each mode and converting it to 8-bit RGB here
+#: (the decoded frame, its copies and the RGB result; peak RSS of convert() on 20-megapixel PNGs
+#: and TIFFs: RGB 4.3, L/P/1 5.3, P with transparency 10, RGBA/LA 13, I;16 19, I 21). A JPEG
+#: decoded at reduced scale (draft) costs far less; it is counted at full size all the same.
+DECODE_BYTES_PER_PIXEL = {"RGB": 4, "YCbCr": 4, "1": 5, "L": 5, "P": 5, "CMYK": 8, "F": 4,
+                          "RGBA": 13, "RGBa": 13, "LA": 13, "La": 13, "PA": 13,
+                          "I;16": 19, "I;16L": 19, "I;16B": 19, "I;16N": 19, "I": 21}
+_TRANSPARENT_BYTES_PER_PIXEL = 13  # tRNS: composited through RGBA (palette images measured 10)
+_UNKNOWN_MODE_BYTES_PER_PIXEL = max(DECODE_BYTES_PER_PIXEL.values())
 # Pillow raises DecompressionBombError above twice its MAX_IMAGE_PIXELS whatever we ask for, so a
 # larger limit could not be honoured.
 PILLOW_HARD_LIMIT = 2 * Image.MAX_IMAGE_PIXELS
@@ -146,6 +161,7 @@ def open_untrusted(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
             warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             _check_pixels(*image.size, max_pixels)
+            _check_decoded_bytes(image, max_pixels)
             yield image
     except ImageSkip:
         raise
@@ -202,6 +218,24 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         raise ImageSkip("corrupt", f"empty image {width}x{height}")
     if width * height > max_pixels:
         raise ImageSkip("too_many_pixels", f"{width}x{height} exceeds {max_pixels} pixels")
+
+
+def _decoded_bytes(image: Image.Image) -> int:
+    """About the most memory decoding the opened (not yet loaded) ``image`` to RGB takes, in bytes."""
+    per_pixel = DECODE_BYTES_PER_PIXEL.get(image.mode, _UNKNOWN_MODE_BYTES_PER_PIXEL)
+    if "transparency" in image.info:
+        per_pixel = max(per_pixel, _TRANSPARENT_BYTES_PER_PIXEL)
+    return image.size[0] * image.size[1] * per_pixel
+
+
+def _check_decoded_bytes(image: Image.Image, max_pixels: int) -> None:
+    """Refuse an image whose decode would take more memory than an RGB image at the pixel limit
+    (a 16-bit RGBA PNG of 100 M pixels compresses to under 1 MB and takes 1.3 GB)."""
+    needed, allowed = _decoded_bytes(image), max_pixels * DECODE_BYTES_PER_PIXEL["RGB"]
+    if needed > allowed:
+        width, height = image.size
+        raise ImageSkip("too_many_pixels", f"{width}x{height} {image.mode} takes about {needed >> 20} MiB to "
+                                           f"decode, more than an RGB image of {max_pixels} pixels ({allowed >> 20} MiB)")
 
 
 def _orientation(image: Image.Image) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import itertools
-import json
 import os
 import re
 import tarfile
@@ -33,6 +32,7 @@ from data.corpus.record import Record
 from data.errors import UserError
 from data.images.decode import ImageSkip
 from data.tar_member import IMAGE_SUFFIXES, TarMember, is_image_file, split_member_name
+from data.untrusted_json import MAX_JSON_BYTES, InvalidJSON, parse_json
 
 _HEX3 = re.compile(r"[0-9a-f]{3}")
 _ROW_HASH = re.compile(r"[0-9a-f]{1,32}")
@@ -189,7 +189,7 @@ def index_img2dataset(tars: list[Path]) -> dict[str, TarMember]:
                     key, suffix = named
                     if suffix in IMAGE_SUFFIXES:
                         images.setdefault(key, TarMember.of(tar, member))
-                    elif suffix == "json" and member.size < 1 << 20:
+                    elif suffix == "json" and member.size <= MAX_JSON_BYTES:
                         url = _json_url(archive.extractfile(member).read())
                         if url:
                             urls[key] = url
@@ -204,9 +204,10 @@ def index_img2dataset(tars: list[Path]) -> dict[str, TarMember]:
 
 def _json_url(raw: bytes) -> str | None:
     try:
-        url = json.loads(raw).get("url")
-    except (ValueError, AttributeError):
+        row = parse_json(raw)
+    except InvalidJSON:
         return None
+    url = row.get("url") if isinstance(row, dict) else None
     return url if isinstance(url, str) else None
 
 

@@ -15,9 +15,11 @@ Per DataLoader worker, the stream is (docs/loader.md has the full picture)::
   yield different numbers of batches, and each worker's last batch may be short: the trainer must
   not run a collective per batch in eval (sum the metrics, all-reduce once at the end).
 
-Bad samples are skipped and counted by reason (:mod:`data.loader.skips`); ``Loader.skip_counts()``
-gives the running totals of all workers of this rank, ``Loader.dropped_labels()`` the label ids
-outside the vocabulary that were removed from samples. The epoch lives in shared memory so that
+A shard whose bytes differ from the sha256 info.json records is skipped and counted
+(:mod:`data.loader.shard_digests`). Bad samples are skipped and counted by reason
+(:mod:`data.loader.skips`); ``Loader.skip_counts()`` gives the running totals of all workers of
+this rank, ``Loader.dropped_labels()`` the label ids outside the vocabulary that were removed from
+samples. The epoch lives in shared memory so that
 persistent workers see ``set_epoch`` without being restarted.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ from data.loader.labels import pack_labels
 from data.loader.order import finite_shards, resampled_shards
 from data.shards.directory import ShardSource, resolve_shards
 from data.loader.shared_counts import SharedCounts
+from data.loader.shard_digests import ShardDigests
 from data.loader.skips import SkipCounter
 from data.loader.samples import boxed_samples, decoded_samples, labelled_samples
 from data.loader.tar_samples import tar_samples
@@ -75,6 +78,7 @@ class LoaderConfig:
     log_every_s: float = 60.0  # at most one skip log line per reason and worker in this period
     prefetch_factor: int = 2
     pin_memory: bool = False
+    verify_shards: bool = True  # hash each drawn shard against info.json's sha256 before reading it
     multiprocessing_context: str | None = None  # DataLoader's; None: torch's default (fork)
 
     def validate(self) -> None:
@@ -155,6 +159,8 @@ class ShardStream(IterableDataset):
         self.transform = _transform(config, plan.mode)
         self._resampler: Any = None
         self._progress = _Progress(self.skips)
+        digests = zip(source.urls, source.sha256 or ()) if config.verify_shards else ()
+        self.digests = ShardDigests({url: digest for url, digest in digests if digest is not None})
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = _worker()
@@ -166,7 +172,7 @@ class ShardStream(IterableDataset):
             return stream_seed(config.seed, plan.rank, worker, epoch, stage)
 
         samples = tar_samples(self._shards(worker, num_workers, epoch, seed(_SHARDS)), self.skips,
-                              self._progress.on_shard)
+                              self._progress.on_shard, self.digests.mismatch if self.digests.digests else None)
         if plan.mode == "train":
             samples = wds.shuffle(config.shuffle_buffer, config.shuffle_initial,
                                   rng=random.Random(seed(_SHUFFLE)))(samples)

@@ -6,7 +6,6 @@ change their input dicts (the resampler may yield one dict several times).
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -15,6 +14,9 @@ from data.images.decode import ImageSkip
 from data.loader.skips import SkipCounter
 from data.loader.transforms import Transform, header_box
 from data.tar_member import IMAGE_SUFFIXES
+from data.untrusted_json import INVALID, InvalidJSON, parse_json
+
+_LABELS_EXPECTED = "expected a JSON object with a 'labels' list of integers"
 
 
 def labelled_samples(samples: Iterable[dict[str, Any]], num_labels: int | None,
@@ -30,9 +32,10 @@ def labelled_samples(samples: Iterable[dict[str, Any]], num_labels: int | None,
         if "json" not in raw:
             skips.add("missing_json", _where(raw))
             continue
-        labels = parse_labels(raw["json"])
-        if labels is None:
-            skips.add("invalid_json", _where(raw), "expected a JSON object with a 'labels' list of integers")
+        try:
+            labels = parse_labels(raw["json"])
+        except InvalidJSON as err:
+            skips.add("invalid_json", _where(raw), str(err))
             continue
         known = [label for label in labels if 0 <= label and (num_labels is None or label < num_labels)]
         if len(known) < len(labels):
@@ -54,15 +57,13 @@ def _where(sample: dict[str, Any]) -> str:
     return f"{sample['__key__']} in {sample['__url__']}"
 
 
-def parse_labels(data: bytes) -> list[int] | None:
-    """The distinct label ids of a sample's json, or None when it is not valid."""
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
+def parse_labels(data: bytes) -> list[int]:
+    """The distinct label ids of a sample's json; :class:`InvalidJSON` when it is not valid JSON
+    (:func:`~data.untrusted_json.parse_json`) or holds no ``labels`` list of integers."""
+    obj = parse_json(data)
     labels = obj.get("labels") if isinstance(obj, dict) else None
     if not isinstance(labels, list) or not all(type(label) is int for label in labels):
-        return None
+        raise InvalidJSON(INVALID, _LABELS_EXPECTED)
     return sorted(set(labels))
 
 

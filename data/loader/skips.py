@@ -18,10 +18,12 @@ LOG = logging.getLogger("openwsl.data.stream")
 #: every reason a stream can skip for; the image reasons are those of data.images.decode.ImageSkip
 REASONS = (
     "unreadable_shard",  # the shard could not be opened (missing file, failed pipe: command)
+    "corrupt_shard",  # the shard's bytes differ from the sha256 info.json records; none of it used
     "truncated_tar",  # the shard ended mid-member; the samples before the cut were used
+    "too_large",  # a member over its cap (64 MiB images, 1 MiB json), never read
     "missing_image",  # a sample without an image member
     "missing_json",  # a sample without its .json member
-    "invalid_json",  # the .json is not a JSON object with a 'labels' list of integers
+    "invalid_json",  # the .json is not a JSON object with a 'labels' list of integers, or nests too deep
     "no_label",  # no label id inside the vocabulary
     "corrupt",  # image bytes that do not decode
     "truncated",  # image data cut short

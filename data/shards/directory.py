@@ -9,16 +9,22 @@ are unknown, so a training run must state its epoch size in images.
 """
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from data.errors import UserError
+from data.untrusted_json import InvalidJSON, parse_json
 
 INFO_FILE = "info.json"
 #: the splits of a shard directory: ``train-NNNNNN.tar`` and ``val-NNNNNN.tar``
 SPLITS = ("train", "val")
+#: what a shard name in info.json may be: a plain file name in the directory. Names are joined to
+#: the directory and opened with webdataset's gopen, so anything else could leave the directory
+#: ('../', '/abs') or run a command ('pipe:...', a name that is a URL, '-' for stdin).
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Schemes gopen understands; anything else is a local path and must exist.
 _REMOTE_PREFIXES = ("pipe:", "http://", "https://", "gs://", "s3://", "ais://", "hf://", "file:")
 
@@ -32,6 +38,8 @@ class ShardSource:
     samples_per_shard: tuple[int, ...] | None = None
     label_counts: tuple[int, ...] | None = None
     info: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: per shard, the sha256 (hex) info.json records for its bytes, or None where it records none
+    sha256: tuple[str | None, ...] | None = None
 
     @property
     def num_samples(self) -> int | None:
@@ -88,20 +96,21 @@ def _from_directory(directory: Path, split: str) -> ShardSource:
     if not entries:
         raise UserError(f"{info_path} lists no {split} shards; rebuild the shards or use "
                         f"split='{'val' if split == 'train' else 'train'}'")
-    urls = tuple(str(directory / name) for name, _ in entries)
+    urls = tuple(str(directory / name) for name, _, _ in entries)
     missing = [u for u in urls if not Path(u).is_file()]
     if missing:
         raise UserError(f"{missing[0]} is listed in {info_path} but missing; rebuild or finalize "
                         "the shard directory with scripts/build_shards.py")
     counts = info.get("label_counts") if split == "train" else info.get("val_label_counts")
-    return ShardSource(urls, f"{directory} ({split})", tuple(n for _, n in entries),
-                       tuple(int(c) for c in counts) if isinstance(counts, list) else None, info)
+    return ShardSource(urls, f"{directory} ({split})", tuple(n for _, n, _ in entries),
+                       tuple(int(c) for c in counts) if isinstance(counts, list) else None, info,
+                       tuple(digest for _, _, digest in entries))
 
 
 def _read_info(path: Path) -> dict[str, Any]:
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        info = parse_json(path.read_bytes())
+    except (OSError, InvalidJSON) as err:
         raise UserError(f"cannot read {path}: {err}; rebuild it with scripts/build_shards.py "
                         "--finalize") from None
     if not isinstance(info, dict):
@@ -109,14 +118,24 @@ def _read_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def _shard_entries(info: dict[str, Any], path: Path, split: str) -> list[tuple[str, int]]:
+def _shard_entries(info: dict[str, Any], path: Path, split: str) -> list[tuple[str, int, str | None]]:
+    """(name, samples, sha256 or None) of each shard of ``split``, the names checked."""
     shards = info.get("shards")
     listed = shards.get(split, []) if isinstance(shards, dict) else None
     if not isinstance(listed, list):
         raise UserError(f"{path} has no 'shards' object with a {split!r} list; it was not written "
                         "by scripts/build_shards.py — rebuild it")
     try:
-        return [(str(entry["name"]), int(entry["samples"])) for entry in listed]
+        entries = [(entry["name"], int(entry["samples"]), entry.get("sha256")) for entry in listed]
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path}: every entry of shards.{split} needs 'name' and 'samples'; "
                         "rebuild it with scripts/build_shards.py --finalize") from None
+    for name, _, digest in entries:
+        if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+            raise UserError(f"{path}: shards.{split} names {name!r}, which is not a plain .tar file name "
+                            "in that directory (letters, digits, '_', '-', '.'; no path, URL or "
+                            "command); refusing the directory: rebuild it with scripts/build_shards.py")
+        if digest is not None and not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+            raise UserError(f"{path}: the sha256 of shard {name} is {digest!r}, not 64 hex digits; rebuild "
+                            "it with scripts/build_shards.py --finalize")
+    return entries

@@ -9,13 +9,13 @@ canonical ``tag``, ``count`` (images carrying it), merged ``aliases`` and an opt
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from data.atomic_write import write_json
 from data.errors import UserError
+from data.untrusted_json import InvalidJSON, parse_json
 from data.vocab.tags import DEFAULT_MAX_LENGTH, Stoplist, TagCanonicalizer, normalize
 
 FORMAT_VERSION = 1
@@ -87,10 +87,10 @@ class Vocabulary:
     def load(cls, path: str | Path) -> "Vocabulary":
         path = Path(path)
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
+            obj = parse_json(path.read_bytes())
         except FileNotFoundError:
             raise UserError(f"vocabulary {path} not found; build one with scripts/build_vocab.py") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, InvalidJSON) as err:
             raise UserError(f"cannot read vocabulary {path}: {err}") from None
         return cls.from_dict(obj, str(path))
 

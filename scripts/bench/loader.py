@@ -13,6 +13,10 @@ Timed over every input once per round after a warm-up batch (worker start-up exc
 - ours: ``create_loader(shards)`` in train mode: resampled shards, shuffle buffer on raw bytes,
   RandomResizedCrop + flip chosen from the header (reduced-scale decode when the box allows),
   uint8 batches.
+  ``ours_unverified`` is the same loader with ``verify_shards=False`` (no sha256 of each drawn
+  shard before it is read), measured in the same rounds: ``verify_overhead`` = 1 - ours /
+  ours_unverified, and ``cpu_ms_per_image.sha256`` the CPU time of hashing every shard once per
+  image it holds (the shards in the page cache, as the loader's second read finds them).
 - classic (the ratio's baseline): ``ImageFolder`` over the *original* photos + ``Compose([
   RandomResizedCrop(224), RandomHorizontalFlip(), ToTensor(), Normalize(...)])`` + ``DataLoader``
   (shuffle): what a user without shards runs.
@@ -36,6 +40,7 @@ The last line is {"bench": "loader", "ours": img/s, "baseline": classic img/s, "
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -149,8 +154,18 @@ def worker_cpu_per_image(loader, images: int) -> tuple[float, int]:
     return (sum(process_cpu_seconds(pid) for pid in pids) - before) / count, count
 
 
-def ours_loader(shards: Path, images: int, workers: int, batch_size: int):
-    return create_loader(shards, LoaderConfig(batch_size=batch_size, num_workers=workers, epoch_images=images))
+def ours_loader(shards: Path, images: int, workers: int, batch_size: int, verify_shards: bool = True):
+    return create_loader(shards, LoaderConfig(batch_size=batch_size, num_workers=workers, epoch_images=images,
+                                              verify_shards=verify_shards))
+
+
+def sha256_cpu_per_image(shards: Path, images: int) -> float:
+    """CPU seconds to hash every shard once (from the page cache), per image in them."""
+    start = time.process_time()
+    for tar in sorted(shards.glob("*.tar")):
+        with open(tar, "rb") as f:
+            hashlib.file_digest(f, "sha256")
+    return (time.process_time() - start) / images
 
 
 def classic_loader(folder: Path, workers: int, batch_size: int) -> torch.utils.data.DataLoader:
@@ -200,6 +215,7 @@ def main() -> int:
                                                      shard_size=250, val_fraction=0.0, workers=args.workers))
         jpegs = extract_shard_jpegs(root / "shards", root / "same_bytes")
         ours_images = ours_loader(root / "shards", len(jpegs), args.workers, args.batch_size)
+        unverified = ours_loader(root / "shards", len(jpegs), args.workers, args.batch_size, verify_shards=False)
         classic = classic_loader(originals, args.workers, args.batch_size)
         same = classic_loader(root / "same_bytes", args.workers, args.batch_size)
         original_bytes = [path.read_bytes() for path in sorted(originals.rglob("*.jpg"))[:1000]]
@@ -209,30 +225,38 @@ def main() -> int:
             "bare decode (1 process, PIL, the shards' JPEG bytes in memory)":
                 lambda: (bare_decode(jpegs[:1000])[0], 1000),
             "ours (shards)": lambda: timed_images(ours_images, lambda b: b["image"].shape[0]),
+            "ours_unverified (shards, verify_shards=False)": lambda: timed_images(unverified, lambda b: b["image"].shape[0]),
             "classic (original photos)": lambda: timed_images(classic, lambda b: b[0].shape[0]),
             f"classic_same_bytes (the shards' {DEFAULT_SHORT_SIDE} px JPEGs)":
                 lambda: timed_images(same, lambda b: b[0].shape[0]),
         }, args.repeats)
-        bare_originals, bare, ours, classic, same = rates.values()
+        bare_originals, bare, ours, ours_unverified, classic, same = rates.values()
         bare_cpu = min(bare_decode(jpegs[:1000])[1] for _ in range(args.repeats))
         bare_originals_cpu = min(bare_decode(original_bytes)[1] for _ in range(args.repeats))
         ours_images.set_epoch(args.repeats)
         ours_cpu, _ = worker_cpu_per_image(ours_images, len(jpegs))
+        unverified.set_epoch(args.repeats)
+        unverified_cpu, _ = worker_cpu_per_image(unverified, len(jpegs))
+        sha256_cpu = min(sha256_cpu_per_image(root / "shards", len(jpegs)) for _ in range(args.repeats))
         print(f"CPU time per image: bare decode {bare_originals_cpu * 1e3:.2f} ms (originals), "
               f"{bare_cpu * 1e3:.2f} ms (shard bytes), ours per worker "
-              f"{ours_cpu * 1e3:.2f} ms", flush=True)
+              f"{ours_cpu * 1e3:.2f} ms ({unverified_cpu * 1e3:.2f} ms with verify_shards=False; sha256 of "
+              f"the shards alone {sha256_cpu * 1e3:.3f} ms)", flush=True)
         print(f"ours skipped: {ours_images.skip_counts()}", flush=True)
     result = {"bench": "loader", "ours": round(ours, 1), "baseline": round(classic, 1), "unit": "img/s",
               "ratio": round(ours / classic, 3), "decode_fraction": round(ours / args.workers / bare_originals, 3),
               "decode_fraction_shard_bytes": round(ours / args.workers / bare, 3),
               "baseline_reads": "original photos", "ours_reads": f"shards, short side {DEFAULT_SHORT_SIDE}",
+              "ours_unverified": round(ours_unverified, 1), "verify_overhead": round(1 - ours / ours_unverified, 3),
               "classic_same_bytes": round(same, 1), "ratio_same_bytes": round(ours / same, 3),
               "bare_decode_per_core": {"originals": round(bare_originals, 1), "shard_bytes": round(bare, 1)},
               "cpu_decode_fraction": round(bare_originals_cpu / ours_cpu, 3),
               "cpu_decode_fraction_shard_bytes": round(bare_cpu / ours_cpu, 3),
               "cpu_ms_per_image": {"bare_decode_originals": round(bare_originals_cpu * 1e3, 3),
                                    "bare_decode_shard_bytes": round(bare_cpu * 1e3, 3),
-                                   "ours_worker": round(ours_cpu * 1e3, 3)}, "images": len(jpegs), "workers": args.workers,
+                                   "ours_worker": round(ours_cpu * 1e3, 3),
+                                   "ours_worker_unverified": round(unverified_cpu * 1e3, 3),
+                                   "sha256": round(sha256_cpu * 1e3, 4)}, "images": len(jpegs), "workers": args.workers,
               "batch_size": args.batch_size, "repeats": args.repeats, "cpus": os.cpu_count(),
               "load_average_1min": round(os.getloadavg()[0], 2)}
     print(json.dumps(result))
