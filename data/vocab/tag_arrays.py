@@ -13,7 +13,7 @@ docs/tags.md is an Arrow compute kernel:
   by RE2 as one anchored alternation.
 
 So :class:`ArrayCanonicalizer` runs those kernels over the tags made only of ``[A-Za-z0-9 +_.'#-]``
-and sends every other tag (percent escapes, non-ASCII, other punctuation) through the reference
+and sends every other tag (percent escapes, control characters, non-ASCII, other punctuation) through the reference
 canonicaliser with a cache. The expressions go to RE2 only when each is built from a conservative
 subset of syntax that RE2 and Python's ``re`` read the same way (literals, classes of plain
 characters, groups, alternation, quantifiers with explicit bounds, anchors, ``.`` and ``\\d``);

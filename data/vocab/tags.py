@@ -8,7 +8,9 @@ The rules, in order (documented with examples in docs/tags.md):
 4. Join multi-word forms by deleting word separators: whitespace, '+', '_', '-', '.', and
    apostrophes ('brown bear', 'brown+bear', 'brown_bear', 'Brown-Bear' -> 'brownbear').
 5. Drop the tag (return ``None``) when it is empty, digit-only (years, counters), longer than
-   ``max_length`` characters, or on the stoplist of non-visual tags.
+   ``max_length`` characters, still holds a control character (Unicode category Cc: C0, DEL, C1,
+   e.g. from a percent-encoded ``%00`` or a JSON ``\u0007``; the whitespace controls were deleted by
+   rule 4), or is on the stoplist of non-visual tags.
 
 The stoplist is a text file: one canonical tag per line, ``re:<pattern>`` lines for regular
 expressions matched against the canonical form (``re.fullmatch``), ``#`` comments. Its entries are
@@ -34,6 +36,8 @@ DEFAULT_MAX_LENGTH = 40
 # Word separators deleted by rule 4. Apostrophes in their common Unicode forms are included so
 # "denise's" and "denise’s" agree.
 _SEPARATORS = re.compile(r"[\s+_\-.'’‘`]+")
+# Unicode category Cc (C0 controls, DEL, C1 controls): a tag still holding one after rule 4 is dropped.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def normalize(tag: str) -> str:
@@ -94,7 +98,7 @@ class TagCanonicalizer:
     def __call__(self, tag: str) -> str | None:
         canonical = normalize(tag)
         if (not canonical or canonical.isdigit() or len(canonical) > self.max_length
-                or canonical in self.stoplist):
+                or _CONTROL.search(canonical) or canonical in self.stoplist):
             return None
         return canonical
 
@@ -110,7 +114,7 @@ class TagCanonicalizer:
     def settings(self) -> dict:
         """What vocab.json records so later stages canonicalise the same way."""
         return {
-            "rules": "nfkc,casefold,strip#,join[whitespace+_-.'],drop-empty,drop-digits,drop-long,stoplist",
+            "rules": "nfkc,casefold,strip#,join[whitespace+_-.'],drop-empty,drop-digits,drop-long,drop-control,stoplist",
             "max_length": self.max_length,
             "stoplist_sha256": self.stoplist.sha256,
             "stoplist_size": len(self.stoplist.words) + len(self.stoplist.patterns),
