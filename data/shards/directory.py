@@ -9,6 +9,7 @@ are unknown, so a training run must state its epoch size in images.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,10 +102,23 @@ def _from_directory(directory: Path, split: str) -> ShardSource:
     if missing:
         raise UserError(f"{missing[0]} is listed in {info_path} but missing; rebuild or finalize "
                         "the shard directory with scripts/build_shards.py")
-    counts = info.get("label_counts") if split == "train" else info.get("val_label_counts")
     return ShardSource(urls, f"{directory} ({split})", tuple(n for _, n, _ in entries),
-                       tuple(int(c) for c in counts) if isinstance(counts, list) else None, info,
-                       tuple(digest for _, _, digest in entries))
+                       _label_counts(info, info_path, split), info, tuple(digest for _, _, digest in entries))
+
+
+def _label_counts(info: dict[str, Any], path: Path, split: str) -> tuple[int, ...] | None:
+    """The split's per-label image counts, or ``None`` when info.json has none; anything but a list
+    of whole numbers >= 0 is one error line naming the file and the key."""
+    key = "label_counts" if split == "train" else "val_label_counts"
+    counts = info.get(key)
+    if counts is None:
+        return None
+    if not isinstance(counts, list) or not all(type(c) is int and c >= 0 for c in counts):
+        bad = counts if not isinstance(counts, list) else next(
+            c for c in counts if not (type(c) is int and c >= 0))
+        raise UserError(f"{path}: {key!r} must be a list of per-label image counts (whole numbers >= 0), "
+                        f"found {str(json.dumps(bad))[:60]}; rebuild it with scripts/build_shards.py --finalize")
+    return tuple(counts)
 
 
 def _read_info(path: Path) -> dict[str, Any]:

@@ -3,6 +3,8 @@ no traceback), wherever in the process they are raised: inside a DataLoader work
 the run directory, while reading a checkpoint."""
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -81,3 +83,16 @@ def test_a_checkpoint_whose_model_is_not_a_state_dict_is_one_line(tmp_path, shar
                                              f"init={odd}", f"data.val={val_dir}", f"run.dir={tmp_path / 'runs'}",
                                              "run.name=eval", "data.workers=0"], capsys)
     assert line.startswith(f"error: {odd}: its 'model' entry is ") and "not a state dict of named tensors" in line
+
+
+@pytest.mark.parametrize("counts", ["3,1,2", ["3", 1], [1.5, 2], {"0": 3}, -1])
+def test_wrong_typed_label_counts_in_info_json_is_one_line(tmp_path, shards, capsys, counts):
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    info = json.loads((copy / "info.json").read_text())
+    info["label_counts"] = counts
+    (copy / "info.json").write_text(json.dumps(info))
+    config = write_config(tmp_path / "run.yaml", copy, None, tmp_path / "runs", "one", data={"workers": 0})
+    line = one_error_line(pretrain_main, ["--config", str(config)], capsys)
+    assert line.startswith(f"error: {copy / 'info.json'}: 'label_counts' must be a list of per-label image counts"), line
+    assert "build_shards.py --finalize" in line, line
