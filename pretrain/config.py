@@ -108,6 +108,9 @@ class DataConfig:
                                  why=SHUFFLE_WHY)
     epoch_images: int | None = option(None, "images per loader epoch (all ranks); null: the shards' sample "
                                       "count from info.json (required for shards without info.json)", min=1)
+    num_labels: int | None = option(None, "hashtags in the vocabulary (the classifier's width); null: from the "
+                                    "shards' info.json (required for shards without info.json, e.g. a brace "
+                                    "pattern or pipe: URLs)", min=1, aliases=("num_classes",))
     decode: Literal["cpu", "cuda", "auto"] = option("cpu", "JPEG decoding: cpu (workers), cuda (on the "
                                                     "device), auto (cuda when present)")
     pin_memory: bool = option(True, "pinned host batches, copied to the GPU without blocking")

@@ -115,12 +115,17 @@ def train(config: PretrainConfig, debug: DebugOptions = DebugOptions()) -> dict[
         cleanup()
 
 
-def _num_classes(source: ShardSource, key: str) -> int:
-    if not source.num_labels:
+def _num_classes(source: ShardSource, key: str, configured: int | None) -> int:
+    """The classifier's width: info.json's vocabulary size, else ``data.num_labels``; both must agree."""
+    known = int(source.num_labels) if source.num_labels else None
+    if known is not None and configured is not None and known != configured:
+        raise UserError(f"data.num_labels={configured}, but {key}={source.description} carries {known} hashtags "
+                        "(its info.json); drop data.num_labels or point it at the shards it was meant for")
+    if known is None and configured is None:
         raise UserError(f"{key}={source.description}: the number of hashtags is unknown (no info.json with "
-                        "label_counts or vocab.num_labels); point it at a directory built by "
-                        "scripts/build_shards.py")
-    return int(source.num_labels)
+                        "label_counts or vocab.num_labels); set data.num_labels to the vocabulary's size, or "
+                        "point it at a directory built by scripts/build_shards.py")
+    return known if known is not None else int(configured)
 
 
 class Trainer:
@@ -129,7 +134,7 @@ class Trainer:
         self.run_dir = config.run.run_dir()
         seed_everything(config.run.seed, info.rank)
         self.source = resolve_shards(config.data.train, "train")
-        self.num_classes = _num_classes(self.source, "data.train")
+        self.num_classes = _num_classes(self.source, "data.train", config.data.num_labels)
         vocab = self.source.info.get("vocab", {})
         self.vocab = {k: v for k, v in vocab.items() if k != "tags"} if isinstance(vocab, dict) else {}
         self.vocab_tags = vocab.get("tags") if isinstance(vocab, dict) else None
