@@ -270,7 +270,7 @@ def build_shards(reader: CorpusReader, config: BuildConfig, progress: bool = Fal
         clock.extra["scanned"] = scanned
     if rank == 0:
         with clock("wait"):
-            _wait(lambda: _missing_parts(scan_dir, parts, config.num_nodes), "scan parts", rank)
+            _wait(lambda: _missing_parts(scan_dir, parts, config.num_nodes), rank)
         with clock("plan"):
             plan = read_plan(build_dir)
             if plan is None or (plan.settings_digest, plan.scan_digest) != (settings_digest, scan_digest):
@@ -372,7 +372,7 @@ def _make_plan(scan_dir: Path, parts: int, config: BuildConfig, header: dict[str
     return plan
 
 
-def _wait(missing: Callable[[], str | None], what: str, rank: int) -> None:
+def _wait(missing: Callable[[], str | None], rank: int) -> None:
     """Sleep until ``missing()`` is None, saying now and then what is still missing."""
     delay, said = 0.02, time.monotonic()
     while (still := missing()) is not None:
@@ -401,7 +401,7 @@ def _wait_for_plan(build_dir: Path, settings_digest: str, scan_digest: str, rank
                 return None
         return "node 0's plan (the one there is for other settings or inputs)"
 
-    _wait(missing, "plan", rank)
+    _wait(missing, rank)
     return found[0]
 
 
