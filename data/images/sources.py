@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from data.corpus.record import Record
 from data.errors import UserError
-from data.images.decode import ImageSkip
+from data.images.decode import MAX_IMAGE_BYTES, ImageSkip  # the one image size cap, shared with the loader
 from data.tar_member import IMAGE_SUFFIXES, TarMember, is_image_file, split_member_name
 from data.untrusted_json import MAX_JSON_BYTES, InvalidJSON, parse_json
 
@@ -49,11 +49,6 @@ class InlineImage:
 
 
 ImageSource = Union[FileImage, TarMember, InlineImage]
-
-
-#: the most bytes an encoded image may have: far above any web photo (a 100-megapixel JPEG is
-#: 20-50 MB), and a bound on what one read may hold in memory, whatever a tar header claims
-MAX_IMAGE_BYTES = 64 << 20
 
 
 class MissingImage(Exception):
