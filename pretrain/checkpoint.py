@@ -55,6 +55,12 @@ def checkpoint_path(run_dir: str | os.PathLike, images_seen: int) -> Path:
     return Path(run_dir) / f"checkpoint-{images_seen}.pt"
 
 
+def given_checkpoint(given: str | os.PathLike) -> Path:
+    """The file a user's checkpoint argument names: a file as given, a run directory's checkpoint-latest.pt."""
+    path = Path(given)
+    return path / LATEST if path.is_dir() else path
+
+
 def numbered_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """(images seen, path) of the complete numbered checkpoints in ``run_dir``, oldest first."""
     run_dir = Path(run_dir)
@@ -229,9 +235,7 @@ def load_resume(run_dir: str | os.PathLike, resume: str,
     if resume == "none":
         return None
     if resume != "auto":
-        path = Path(resume)
-        if path.is_dir():
-            path = path / LATEST
+        path = given_checkpoint(resume)
         if not path.is_file():
             raise UserError(f"checkpoint.resume={resume}: no such checkpoint; use auto, none, or the path of a "
                             "checkpoint-*.pt (or of a run directory holding checkpoint-latest.pt)")

@@ -59,7 +59,7 @@ from data.errors import UserError
 from data.loader.pipeline import LoaderConfig
 from data.shards.directory import INFO_FILE
 from data.synthetic.world import FORMAT as WORLD_FORMAT, WORLD_JSON_NAME
-from pretrain.checkpoint import LATEST, TRUNK_FILE, TRUNK_FORMAT, load_checkpoint, load_trunk
+from pretrain.checkpoint import LATEST, TRUNK_FILE, TRUNK_FORMAT, given_checkpoint, load_checkpoint, load_trunk
 from pretrain.config import CONFIG_FILE as RUN_CONFIG_FILE
 from pretrain.model import BUILTIN_ARCHITECTURES, create_model, head_name
 from transfer.finetune import LAST_MODEL
@@ -261,8 +261,7 @@ def _transfer_provenance(config: dict[str, Any] | None) -> dict[str, Any]:
     init = (config or {}).get("init")
     if not init:
         return {}
-    init = Path(str(init))
-    return _pretraining_provenance(_sibling_config(init / LATEST if init.is_dir() else init))
+    return _pretraining_provenance(_sibling_config(given_checkpoint(str(init))))
 
 
 def _without_tags(provenance: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from data.errors import UserError
-from pretrain.checkpoint import FORMAT, LATEST, checked_checkpoint, clean_state_keys, load_trunk, safe_torch_load
+from pretrain.checkpoint import (FORMAT, checked_checkpoint, clean_state_keys, given_checkpoint, load_trunk,
+                                 safe_torch_load)
 from pretrain.divergence import nonfinite_tensors
 from pretrain.model import create_model, head_name, reset_head
 
@@ -70,9 +71,7 @@ def _examples(keys: list[str]) -> str:
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict with clean torchvision-style keys, kind of file) for any supported file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / LATEST
+    path = given_checkpoint(path)
     if not path.is_file():
         raise UserError(f"init={path}: no such file; pass a checkpoint, a .safetensors / .pth file, a run "
                         "directory, or init=null for random init")
@@ -159,7 +158,7 @@ def build_model(name: str, num_classes: int, init: str | None, *, head: HeadPoli
         if init in (None, "", "random", "none"):
             return model, InitReport("random", "random")
         state, kind = read_weights(init)
-        path = Path(init) / LATEST if Path(init).is_dir() else Path(init)
+        path = given_checkpoint(init)
         report = load_into(model, state, source=str(path), kind=kind, head=head)
         if report.head == "new":
             reset_head(model, num_classes)
