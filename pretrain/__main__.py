@@ -8,8 +8,9 @@ Examples::
     sbatch scripts/slurm/pretrain.sbatch configs/pretrain/resnext101_32x8d_yfcc_in1k.yaml   # multi-node
 
 A run writes <run.dir>/<run.name>/: config.yaml, metrics.jsonl, checkpoint-*.pt, trunk.safetensors,
-label_distribution.png (docs/pretraining.md). Restarting the same command (or a torchrun
---max-restarts restart) resumes from checkpoint-latest.pt. Config keys: docs/config.md.
+label_distribution.png, run.json (docs/pretraining.md), and run.lock while it runs: one run at a time.
+Restarting the same command (or a torchrun --max-restarts restart) resumes from checkpoint-latest.pt.
+Config keys: docs/config.md.
 """
 from __future__ import annotations
 

@@ -19,9 +19,10 @@ Examples::
 A run writes <run.dir>/<run.name>/: config.yaml, metrics.jsonl, summary.json and, for finetune,
 checkpoint-*.pt (resumed automatically) + model-last/best(/ema).safetensors; for evaluate,
 eval.json + predictions.csv + eval_per_class.png; for linear, linear.json + linear_model.safetensors
-and the feature cache (features/). Keys: docs/transfer.md (`python -m transfer.config`). export writes
-<folder>/model.safetensors + config.json (timm's Hugging Face layout) + README.md; predict prints the
-top-k labels of each image (docs/transfer.md, "Models out").
+and the feature cache (features/); each of them also run.json (the kind of run: a directory holding
+another kind is refused) and run.lock while it runs. Keys: docs/transfer.md (`python -m transfer.config`).
+export writes <folder>/model.safetensors + config.json (timm's Hugging Face layout) + README.md; predict
+prints the top-k labels of each image (docs/transfer.md, "Models out").
 """
 from __future__ import annotations
 
