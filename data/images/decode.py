@@ -78,7 +78,8 @@ _WHITE = (255, 255, 255)
 
 class ImageSkip(Exception):
     """An image that cannot be used; ``reason`` is the counted skip name (``corrupt``,
-    ``truncated``, ``too_many_pixels``, ``unsupported_format``, ``unsupported_mode``)."""
+    ``truncated``, ``too_many_pixels``, ``unsupported_format``, ``unsupported_mode``; and
+    ``too_large``, an encoded image over :data:`MAX_IMAGE_BYTES`, from ``data.images.sources.read_image``)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
