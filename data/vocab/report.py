@@ -4,7 +4,7 @@ Written beside vocab.json by scripts/build_vocab.py (``vocab.report.json``, ``vo
 top and rarest labels, coverage (share of images carrying at least one label), the labels-per-image
 histogram, the fitted Zipf exponent of the label counts, the malformed and skipped rows of the
 corpus, and for an aligned vocabulary the synset alignment summary and the ambiguous hashtags that
-ended up in it. The plot shows every counted candidate tag (or synset) by rank against its count,
+ended up in it, and the hashtags its synsets lost to a more common WordNet sense outside the family. The plot shows every counted candidate tag (or synset) by rank against its count,
 log-log, with the selected labels highlighted.
 """
 from __future__ import annotations
@@ -76,7 +76,9 @@ class VocabReport:
         names = {name for label in self.vocab.labels for name in (label.tag, *label.aliases)}
         in_vocab = {tag: synsets for tag, synsets in self.alignment.conflicts.items() if tag in names}
         return {**self.alignment.summary(), "ambiguous_tags_in_vocab": len(in_vocab),
-                "ambiguous_examples": dict(list(in_vocab.items())[:LISTED_CONFLICTS])}
+                "ambiguous_examples": dict(list(in_vocab.items())[:LISTED_CONFLICTS]),
+                # hashtags of the family's synsets whose most common WordNet sense is another synset
+                "lost_outside_family": dict(self.alignment.lost)}
 
     def write(self, json_path: str | Path, png_path: str | Path) -> None:
         """Write the JSON report and the Zipf plot, each atomically."""
@@ -121,10 +123,21 @@ class VocabReport:
             f"{report['labels_per_image']['mean_over_labelled']:.2f} labels per labelled image",
             f"rows: {report['corpus'].get('rows')} read, {report['malformed']['total']} malformed, "
             f"skipped: {skipped}",
+            *self._alignment_lines(),
             f"vocabulary: {vocab_path}",
             f"report:     {json_path}",
             f"zipf plot:  {png_path}",
         ])
+
+
+    def _alignment_lines(self) -> list[str]:
+        if self.alignment is None or not self.alignment.lost:
+            return []
+        lost = self.alignment.lost
+        examples = ", ".join(f"{tag} -> {wnid}" for tag, wnid in list(lost.items())[:4])
+        return [f"alignment: {len(lost)} hashtags of {self.alignment.family} synsets are not labels, their "
+                f"most common WordNet sense lies outside the family ({examples}, ...; all in the report's "
+                f"alignment.lost_outside_family)"]
 
 
 def zipf_exponent(counts: np.ndarray) -> float:

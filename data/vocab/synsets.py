@@ -16,28 +16,33 @@ alignment sees exactly the hashtags the counter sees ('Great White Shark', 'grea
 digit-only, too long) are left out.
 
 **Ambiguity rule.** A canonical hashtag that is a lemma of two or more synsets goes to exactly one
-of them, chosen deterministically:
+of them, chosen over the *whole* ImageNet-21k table (the fall-2011 list plus the ImageNet-1k
+synsets) whichever family is aligned, so a hashtag whose common sense lies outside the family is
+not taken by a rare sense inside it:
 
-1. the synset in which it comes *earliest* in the lemma list (position 0 is WordNet's most common
-   name for the synset, so a hashtag that is one synset's main name and another's rare synonym
-   goes to the first);
-2. on equal positions, an ImageNet-1k synset before any other (this only matters in the
-   ``imagenet-21k`` family: the 1,000 synsets transfer is evaluated on keep their hashtags, e.g.
-   'hen' stays with the IN-1k chicken n01514859 rather than the generic female bird n01321123);
-3. then the synset with the lower id (the ids are WordNet offsets, so this is a fixed, documented
-   order, not a judgement of which sense is more common).
+1. the synset that is the lemma's most frequent **WordNet sense** (data/vocab/wordnet_senses.py:
+   WordNet 3.0 orders the first ``tagsense_cnt`` senses of a lemma by their frequency in the
+   semantic concordance); a sense outside that frequency order ranks after every ordered one;
+2. then the synset in which it comes *earliest* in the lemma list (position 0 is the synset's
+   main name);
+3. then an ImageNet-1k synset before any other;
+4. then the synset with the lower id (WordNet offsets: a fixed, documented order).
 
-'crane' is the first lemma of both n02012849 (the bird) and n03126707 (the machine) and goes to
-the bird; 'cardigan' is the first lemma of the dog n02113186 ('Cardigan, Cardigan Welsh corgi')
-and of the sweater n02963159, and goes to the dog. Every match is kept in
-:attr:`SynsetAliases.conflicts` (winner first) so the vocabulary report can list them.
+``plane`` is sense 1 of the airplane n02691156 and sense 5 of the carpenter's plane n03954731 (an
+ImageNet-1k class): it goes to the airplane, which is not in ImageNet-1k, so the ``imagenet-1k``
+alignment has no ``plane`` label and the carpenter's plane keeps ``carpentersplane`` and
+``woodworkingplane``. ``light`` goes to the light source n03665366 (sense 2), not the lighter
+n03666591 (sense 15). WordNet has no frequency order for ``crane``: position 0 in the bird
+n02012849 and the machine n03126707, both ImageNet-1k, so the lower id, the bird.
 
-A synset keeps only the hashtags it wins: its *primary* tag is the first of its lemmas that it
-owns, its aliases are the others it owns. A synset that owns none (all lemmas dropped by the
+A family synset keeps only the hashtags it wins: its *primary* tag is the first of its lemmas
+that it owns, its aliases are the others it owns. A hashtag a family synset matched but lost to a
+synset outside the family is recorded in :attr:`SynsetAliases.lost` (with the winner), and is not
+a label of the family; every match is in :attr:`SynsetAliases.conflicts` (winner first), so the
+vocabulary report can list both. A synset that owns none (all lemmas dropped by the
 canonicaliser, claimed by another synset, or absent from the lemma table) is left out of
-:attr:`SynsetAliases.labels` and recorded with the reason in :attr:`SynsetAliases.dropped`. So
-the n03126707 'crane' machine is not a label of the aligned vocabulary: no hashtag can tell it
-from the bird. This keeps the map one-to-one: every tag of a label maps back to that label.
+:attr:`SynsetAliases.labels` and recorded with the reason in :attr:`SynsetAliases.dropped`. This
+keeps the map one-to-one: every tag of a label maps back to that label.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from pathlib import Path
 
 from data.errors import UserError
 from data.vocab.tags import TagCanonicalizer
+from data.vocab.wordnet_senses import LemmaSenses, lemma_key, read_sense_table
 
 FAMILIES = ("imagenet-1k", "imagenet-21k")
 
@@ -74,6 +80,7 @@ class SynsetAliases:
     conflicts: dict[str, list[str]]                   # ambiguous hashtag -> every synset it matched
     dropped: dict[str, str] = field(default_factory=dict)  # synset id -> why it is not a label
     num_synsets: int = 0                              # synsets in the family
+    lost: dict[str, str] = field(default_factory=dict)  # hashtag of a family synset -> outside winner
 
     def summary(self) -> dict:
         """Counts for the vocabulary report and docs."""
@@ -82,6 +89,7 @@ class SynsetAliases:
             reasons[reason] = reasons.get(reason, 0) + 1
         return {"family": self.family, "synsets": self.num_synsets, "labels": len(self.labels),
                 "hashtags": len(self.label_of), "ambiguous_hashtags": len(self.conflicts),
+                "hashtags_lost_outside_family": len(self.lost),
                 "dropped_synsets": dict(sorted(reasons.items()))}
 
 
@@ -128,40 +136,67 @@ def lemma_table(info_dir: Path | None = None) -> dict[str, list[str]]:
     return table
 
 
-def synset_alias_map(family: str, canonicalizer: TagCanonicalizer,
-                     info_dir: Path | None = None) -> SynsetAliases:
-    """Align ``family``'s synsets to canonical hashtags under the module's ambiguity rule."""
+# Rank of a hashtag in a synset with no WordNet frequency order: after every ordered sense.
+UNORDERED = 1 << 30
+
+
+def _sense_rank(lemmas: list[str], senses: dict[str, LemmaSenses], wnid: str) -> int:
+    """The best WordNet frequency rank of ``wnid`` among ``lemmas`` (which all spell one hashtag)."""
+    ranks = [senses[key].frequency_rank(wnid) for key in map(lemma_key, lemmas) if key in senses]
+    return min((rank for rank in ranks if rank is not None), default=UNORDERED)
+
+
+def synset_alias_map(family: str, canonicalizer: TagCanonicalizer, info_dir: Path | None = None,
+                     senses: dict[str, LemmaSenses] | None = None) -> SynsetAliases:
+    """Align ``family``'s synsets to canonical hashtags under the module's ambiguity rule.
+
+    ``senses`` is WordNet's sense order (default: the shipped data/vocab/wordnet_senses.txt)."""
     wnids = family_synsets(family, info_dir)
+    members = set(wnids)
+    universe = family_synsets("imagenet-21k", info_dir)        # ambiguity is resolved over all of it
     in1k = set(family_synsets("imagenet-1k", info_dir))
     lemmas = lemma_table(info_dir)
+    senses = read_sense_table() if senses is None else senses
     dropped: dict[str, str] = {}
-    candidates: dict[str, list[tuple[int, bool, str]]] = {}   # hashtag -> [rule's sort key]
+    candidates: dict[str, list[tuple[int, int, bool, str]]] = {}   # hashtag -> [rule's sort key]
     canonical: dict[str, list[str]] = {}
-    for wnid in wnids:
+    for wnid in universe:
         if wnid not in lemmas:
-            dropped[wnid] = NO_LEMMA_ENTRY
+            if wnid in members:
+                dropped[wnid] = NO_LEMMA_ENTRY
             continue
-        # Lemma order is kept (a hashtag's position is its rank in the rule); duplicates fold.
-        canonical[wnid] = canonicalizer.canonical_set(lemmas[wnid])
-        if not canonical[wnid]:
+        spellings: dict[str, list[str]] = {}     # canonical hashtag -> the lemmas spelling it, in order
+        for lemma in lemmas[wnid]:
+            tag = canonicalizer(lemma)
+            if tag is not None:
+                spellings.setdefault(tag, []).append(lemma)
+        canonical[wnid] = list(spellings)
+        if not spellings and wnid in members:
             dropped[wnid] = ALL_LEMMAS_DROPPED
-        for position, tag in enumerate(canonical[wnid]):
-            candidates.setdefault(tag, []).append((position, wnid not in in1k, wnid))
+        for position, (tag, spelled_by) in enumerate(spellings.items()):
+            candidates.setdefault(tag, []).append(
+                (_sense_rank(spelled_by, senses, wnid), position, wnid not in in1k, wnid))
 
     label_of: dict[str, str] = {}
     conflicts: dict[str, list[str]] = {}
+    lost: dict[str, str] = {}
     for tag, matches in candidates.items():
         ranked = [wnid for *_, wnid in sorted(matches)]
-        label_of[tag] = ranked[0]
+        if not members.intersection(ranked):
+            continue
+        if ranked[0] in members:
+            label_of[tag] = ranked[0]
+        else:
+            lost[tag] = ranked[0]
         if len(ranked) > 1:
             conflicts[tag] = ranked
 
     labels: dict[str, tuple[str, list[str]]] = {}
-    for wnid, tags in canonical.items():
-        owned = [tag for tag in tags if label_of[tag] == wnid]
+    for wnid in wnids:
+        owned = [tag for tag in canonical.get(wnid, []) if label_of.get(tag) == wnid]
         if owned:
             labels[wnid] = (owned[0], owned[1:])
         elif wnid not in dropped:
             dropped[wnid] = ALL_LEMMAS_CLAIMED
-    return SynsetAliases(family, dict(sorted(label_of.items())), labels,
-                         dict(sorted(conflicts.items())), dict(sorted(dropped.items())), len(wnids))
+    return SynsetAliases(family, dict(sorted(label_of.items())), labels, dict(sorted(conflicts.items())),
+                         dict(sorted(dropped.items())), len(wnids), dict(sorted(lost.items())))

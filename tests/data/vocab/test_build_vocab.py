@@ -88,7 +88,7 @@ def test_min_count_alone(corpus):
 def test_imagenet_alignment(tmp_path):
     path = tmp_path / "yfcc.tsv"
     rows = [["tench"], ["Tinca tinca"], ["tench", "tinca_tinca"], ["goldfish"], ["Great White Shark"],
-            ["great_white_shark", "sunset"], ["sunset"], []]
+            ["great_white_shark", "sunset"], ["sunset"], [], ["light", "plane"]]
     path.write_text("".join(format_line({"photo_id": i, "user_tags": encode_tags(tags)})
                             for i, tags in enumerate(rows)))
     vocab, report = build_vocabulary(YfccReader(path), CANON, align="imagenet-1k", workers=1, progress=False)
@@ -98,8 +98,14 @@ def test_imagenet_alignment(tmp_path):
     assert (tench.tag, tench.count, tench.id) == ("tench", 3, 0) and "tincatinca" in tench.aliases
     assert by_synset["n01484850"].count == 2 and by_synset["n01443537"].count == 1
     assert vocab.index()["tincatinca"] == 0
-    assert report.to_dict()["coverage"] == {"images": 8, "images_with_label": 6, "percent": 75.0}
-    assert report.to_dict()["alignment"]["family"] == "imagenet-1k"
+    assert report.to_dict()["coverage"] == {"images": 9, "images_with_label": 6, "percent": pytest.approx(200 / 3)}
+    alignment = report.to_dict()["alignment"]
+    assert alignment["family"] == "imagenet-1k"
+    # 'light' and 'plane' name IN-1k synsets (lighter, carpenter's plane) only in rare senses: no label,
+    # and the report and the printed summary say where they went.
+    assert alignment["lost_outside_family"]["light"] == "n03665366"
+    assert alignment["lost_outside_family"]["plane"] == "n02691156"
+    assert "hashtags of imagenet-1k synsets are not labels" in report.summary("r.json", "z.png", "v.json")
 
 
 @pytest.mark.parametrize("args,message", [
