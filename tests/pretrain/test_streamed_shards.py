@@ -41,3 +41,14 @@ def test_pretrains_two_steps_from_a_brace_pattern_with_data_num_labels(tmp_path,
 def test_without_data_num_labels_the_error_names_the_key(tmp_path, pattern, capsys):
     line = one_error_line(pretrain_main, ["--config", str(_config(tmp_path, pattern))], capsys)
     assert "the number of hashtags is unknown" in line and "set data.num_labels" in line, line
+
+
+def test_data_num_labels_that_disagrees_with_info_json_is_one_line(tmp_path, pattern, capsys):
+    directory = str(Path(pattern).parent)          # the shard directory, whose info.json knows K
+    config = write_config(tmp_path / "run.yaml", directory, None, tmp_path / "runs", "mismatch",
+                          data={"workers": 0, "num_labels": NUM_LABELS + 1},
+                          optim={"warmup_images": 4, "total_images": 8, "decay_steps": 1},
+                          tracking={"wandb": "disabled"})
+    line = one_error_line(pretrain_main, ["--config", str(config)], capsys)
+    assert f"data.num_labels={NUM_LABELS + 1}" in line and f"carries {NUM_LABELS} hashtags" in line, line
+    assert not (tmp_path / "runs" / "mismatch" / "checkpoint-latest.pt").exists()
