@@ -109,20 +109,26 @@ def _wandb_log_records(path: Path) -> list[bytes]:
     return records
 
 
-def _read_wandb_run(path: Path, timeout_s: float = 30.0) -> dict:
+def _read_wandb_run(path: Path, timeout_s: float = 120.0) -> dict:
     """History rows, summary, config and tags from a finished offline run's .wandb file. wandb-core
-    writes the file asynchronously, so wait for its final 'exit' record."""
+    writes the file asynchronously (on a loaded machine, seconds after finish() returns), so read it
+    until its final 'exit' record is there; a record still being written is read again."""
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     deadline = time.monotonic() + timeout_s
     while True:
         parsed = []
-        for raw in _wandb_log_records(path) if path.stat().st_size >= 7 else []:
-            record = pb.Record()
-            record.ParseFromString(raw)
-            parsed.append(record)
-        if any(r.WhichOneof("record_type") == "exit" for r in parsed) or time.monotonic() > deadline:
+        try:
+            for raw in _wandb_log_records(path) if path.is_file() and path.stat().st_size >= 7 else []:
+                record = pb.Record()
+                record.ParseFromString(raw)
+                parsed.append(record)
+        except DecodeError:                       # the tail record was cut mid-write: read again
+            parsed = []
+        if any(r.WhichOneof("record_type") == "exit" for r in parsed):
             break
+        assert time.monotonic() < deadline, f"{path} has no 'exit' record after {timeout_s:.0f} s"
         time.sleep(0.2)
     run = {"history": [], "summary": {}, "config": {}, "tags": [], "kinds": set()}
     for record in parsed:
