@@ -38,7 +38,8 @@ from pretrain.distributed import DistInfo, barrier, cleanup, init_distributed, s
 from pretrain.divergence import stopping_streak
 from pretrain.engine import Engine, Interval, Progress, StepSettings
 from pretrain.evaluation import evaluate
-from pretrain.label_distribution import plot_label_distribution, realised_vs_target
+from pretrain.label_distribution import (plot_label_distribution, realised_vs_target, target_name,
+                                         target_shares)
 from pretrain.loss import create_loss
 from pretrain.model import create_model, head_name, param_groups
 from pretrain.run_directory import claimed_run_dir
@@ -245,7 +246,7 @@ class Trainer:
         where = (f"label {differ} is {saved[differ]!r} there and {current[differ]!r} here"
                  if differ < min(len(saved), len(current)) else f"{len(saved)} labels there, {len(current)} here")
         raise UserError(f"{path} was trained on the vocabulary {_vocabulary(state.get('vocab') or {}, saved)}, but "
-                        f"data.train={self.config.data.train} carries {_vocabulary(self.vocab, current)} ({where}); "
+                        f"data.train={self.source.description} carries {_vocabulary(self.vocab, current)} ({where}); "
                         "resume on the shards it was trained on, or pass checkpoint.resume=none to start over")
 
     def _interrupted_images(self) -> int | None:
@@ -458,9 +459,11 @@ class Trainer:
             return {}
         realised_total = counts.cpu().numpy()
         q = self.config.data.sampling.q
-        png = plot_label_distribution(realised_total, self.source.label_counts, q, self.run_dir / LABEL_PLOT)
+        target = target_shares(self.source, q)
+        png = plot_label_distribution(realised_total, self.source.label_counts, target, target_name(self.source, q),
+                                      self.run_dir / LABEL_PLOT)
         self.tracker.log_image("plot/label_distribution", png, step=self.progress.step)
-        return {"label_distribution_tv": realised_vs_target(realised_total, self.source.label_counts, q)}
+        return {"label_distribution_tv": realised_vs_target(realised_total, target)}
 
     def _say(self, message: str) -> None:
         if self.info.is_main:

@@ -14,8 +14,8 @@ from scipy import stats
 from data.errors import UserError
 from data.loader.order import resampled_shards
 from data.loader.pipeline import LoaderConfig, create_loader
-from data.loader.resampling import (label_distribution, mixture_label_distribution, set_mean_weights,
-                                    union_target_weights)
+from data.loader.resampling import (LabelResampler, label_distribution, mixture_label_distribution,
+                                    set_mean_weights, union_target_weights)
 from data.shards.directory import resolve_shards
 from tests.shard_factory import Sample, write_shard_dir, with_vocab_sha256
 
@@ -107,6 +107,28 @@ def test_the_loader_delivers_each_set_in_proportion_to_its_weight(two_sets, samp
         target = mixture_label_distribution([p.label_counts for p in mixed.parts], [3, 1], 0.0)
         np.testing.assert_allclose(target, [0.375, 0.375, 0.25])
         np.testing.assert_allclose(counts / counts.sum(), target, atol=tolerance)
+
+
+def test_resampling_keeps_each_sets_emission_rate_at_one(two_sets):
+    """Each set's images fed 20 times over (q=0, the union's counts): every set emits one sample per
+    input in expectation, so resampling leaves the mix alone. An emitted count is a sum of
+    independent draws of variance <= 1/4 each, so 4 standard errors are 2 / sqrt(inputs) relative
+    (<= 0.11 for set b's 240 inputs); dividing by the union's mean weight instead would put set a
+    at 1.17 and set b at 0.78."""
+    a, b = two_sets
+    mixed = resolve_shards([{"path": str(a), "weight": 3}, {"path": str(b), "weight": 1}])
+    means = set_mean_weights([p.label_counts for p in mixed.parts], [p.num_samples for p in mixed.parts], 0.0)
+    url_means = {url: float(m) for part, m in zip(mixed.parts, means) for url in part.urls}
+    resampler = LabelResampler(mixed.label_counts, q=0.0, seed=3, num_images=mixed.num_samples, set_means=url_means)
+    inputs = {"a": [{"__url__": mixed.parts[0].urls[0], "labels": [0 if i % 4 else 1], "set": "a"} for i in range(16)],
+              "b": [{"__url__": mixed.parts[1].urls[0], "labels": [2], "set": "b"} for _ in range(12)]}
+    stream = [dict(sample) for _ in range(20) for samples in inputs.values() for sample in samples]
+    emitted = {"a": 0, "b": 0}
+    for sample in resampler(stream):
+        emitted[sample["set"]] += 1
+    for name, samples in inputs.items():
+        fed = 20 * len(samples)
+        assert abs(emitted[name] / fed - 1) < 2 / math.sqrt(fed), (name, emitted[name], fed)
 
 
 def test_union_target_weights_reproduce_single_corpus_resampling():
