@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from data.errors import UserError
 from data.loader.pipeline import Loader, LoaderConfig, create_loader
+from data.loader.resampling import union_target_weights
 from data.shards.directory import ShardSource, resolve_shards
 from pretrain.checkpoint import (TRUNK_FILE, export_trunk, load_resume, restore_training_state, save_checkpoint,
                                  training_state, unwrap_model)
@@ -273,6 +274,8 @@ class Trainer:
         config, progress = self.config, self.progress
         self._say(f"{config.model.name}: {self.num_classes} hashtags, world size {self.info.world_size}, global batch "
                   f"{self.global_batch}, peak lr {self.scheduler.schedule.peak_lr:g}, run dir {self.run_dir}")
+        if self.source.parts:
+            self._say(_mixture_line(self.source, config.data.sampling.q))
         bar = tqdm(total=config.optim.total_images, initial=progress.images_seen, unit="img", unit_scale=True,
                    disable=not self.info.is_main, dynamic_ncols=True)
         self._window = LogWindow()
@@ -468,6 +471,19 @@ class Trainer:
     def _say(self, message: str) -> None:
         if self.info.is_main:
             tqdm.write(message)
+
+
+def _mixture_line(source: ShardSource, q: float | None) -> str:
+    """The set shares a mixture trains on, beside those that would reproduce one corpus made of their
+    union (docs/sampling.md, "Mixtures of shard sets")."""
+    parts = source.parts
+    shares = np.asarray(source.weights) / sum(source.weights)
+    line = "mixing at shard level: " + ", ".join(f"{p.description} {s:.1%}" for p, s in zip(parts, shares))
+    if all(p.label_counts is not None for p in parts):
+        union = union_target_weights([p.label_counts for p in parts], [p.num_samples for p in parts], q)
+        line += (" of the images (one corpus of their union would give " + " / ".join(f"{u:.1%}" for u in union)
+                 + ("" if q is None else f" at sampling.q={q:g}") + ")")
+    return line
 
 
 def _vocabulary(source: dict[str, Any], tags: list[str]) -> str:

@@ -196,7 +196,7 @@ def test_compiled_run_trains_like_the_eager_one(tmp_path, one_thread):
 # -- a weighted mixture of shard sets ------------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_mixture_trains_checkpoints_and_resumes_and_its_vocabulary_is_checked(tmp_path, one_thread):
+def test_a_mixture_trains_checkpoints_and_resumes_and_its_vocabulary_is_checked(tmp_path, one_thread, capsys):
     """data.train as a list of weighted sets: the resolved config.yaml keeps the list, a run stopped
     half-way resumes from it, and resuming onto sets of another vocabulary is one error line."""
     first, _ = make_shards(tmp_path / "a")
@@ -205,6 +205,9 @@ def test_a_mixture_trains_checkpoints_and_resumes_and_its_vocabulary_is_checked(
     config = write_config(tmp_path / "mix.yaml", first, None, tmp_path / "runs", "mix",
                           data={"train": mixture}, optim={"total_images": 64, "warmup_images": 16, "decay_steps": 2})
     assert train(load_config(config), DebugOptions(stop_after_images=32))["stopped_early"]
+    assert re.search(rf"mixing at shard level: {first} \(train\) 75.0%, {second} \(train\) 25.0% of the images "
+                     r"\(one corpus of their union would give \d+\.\d% / \d+\.\d% at sampling.q=0.5\)",
+                     capsys.readouterr().out)
     resolved = load_config(tmp_path / "runs" / "mix" / "config.yaml")
     assert [(s.path, s.weight) for s in resolved.data.train] == [(str(first), 3.0), (str(second), 1.0)]
     summary = train(resolved)
