@@ -148,7 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="every step on the CPU at toy sizes")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds for the whole check (default 470 on a GPU, 300 dry)")
-    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--models", default=None, help="comma-separated model names (default: ResNeXt-101 "
                         "32x4d,32x8d,32x16d; dry: resnext_micro); the compiled phase takes them in this order")
     parser.add_argument("--batch-size", type=int, default=None, help="throughput batch (default 128, halved on OOM)")
@@ -772,8 +773,8 @@ def write_summary(check: Check) -> None:
         lines += [f"## Device decode (data.decode=cuda) on {decode['shard']}, {decode['images']} images at "
                   f"{decode['image_size']} px, decoded on {on}", "",
                   "| against | mean abs. difference (mean / max over images) | allowed |", "|---|---|---|",
-                  f"| libjpeg-turbo, same boxes and resize | {decode['decoder_mad_mean']} / {decode['decoder_mad_max']} | "
-                  f"{DECODE_MAX_MAD} per image |",
+                  f"| libjpeg-turbo, same boxes and resize | {decode['decoder_mad_mean']} / "
+                  f"{decode['decoder_mad_max']} | {DECODE_MAX_MAD} per image |",
                   f"| the CPU loader path (reduced-DCT decode) | {decode['cpu_path_mad_mean']} / "
                   f"{decode['cpu_path_mad_max']} | {DECODE_MAX_MAD} on average |", ""]
     lines += ["## Phases", "", "| phase | status | seconds | note |", "|---|---|---|---|"]

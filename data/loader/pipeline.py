@@ -9,7 +9,8 @@ Per DataLoader worker, the stream is (docs/loader.md has the full picture)::
   (seed, rank, worker, epoch); for a mixture of weighted shard sets (``source`` a list of
   ``{"path", "weight"}``, :func:`data.shards.directory.resolve_shards`) drawn so that set i
   supplies weight_i / Σ weight of the images, with hashtag resampling normalised per set
-  (:mod:`data.loader.resampling`) so that it keeps those proportions; an epoch is ``epoch_images`` images, cut into
+  (:mod:`data.loader.resampling`) so that it keeps those proportions; an epoch is
+  ``epoch_images`` images, cut into
   ``batches_per_epoch = ceil(epoch_images / (batch_size * world_size))`` batches, rounded up to a
   multiple of ``num_workers``; every worker of every rank yields exactly its share, whatever the
   shard sizes, so no rank waits on another in an all-reduce.
@@ -360,7 +361,8 @@ class Loader:
 def create_loader(source: Any, config: LoaderConfig = LoaderConfig(), *, mode: str = "train",
                   rank: int | None = None, world_size: int | None = None) -> Loader:
     """The loader of one rank over ``source`` (a shard directory, a brace pattern, a URL or a list
-    of them, or a list of weighted shard directories ``[{"path": a, "weight": 3}, ...]``); ``rank``/``world_size`` default to torch.distributed's when it is initialised."""
+    of them, or a list of weighted shard directories ``[{"path": a, "weight": 3}, ...]``);
+    ``rank``/``world_size`` default to torch.distributed's when it is initialised."""
     if mode not in MODES:
         raise UserError(f"loader mode must be one of {', '.join(MODES)}, got {mode!r}")
     config.validate()
