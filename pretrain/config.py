@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import reprlib
 import types
 import typing
@@ -91,9 +92,25 @@ class SamplingConfig:
 
 
 @dataclass
+class ShardSetConfig:
+    """One entry of a data.train list: a shard set and its weight."""
+
+    path: str = option("", "a shard directory built by scripts/build_shards.py (with info.json)")
+    weight: float = option(1.0, "the set's share of the training images is weight / the sum of the weights",
+                           above=0.0)
+
+    def validate(self) -> None:
+        if not self.path:
+            raise InvalidValue("path", "is required: the shard directory of this set")
+
+
+@dataclass
 class DataConfig:
-    train: str | None = option(None, "training shards: a shard directory (with info.json), a brace pattern or "
-                               "a URL list joined with '::' (required)", aliases=("shards", "train_shards"))
+    train: str | list[ShardSetConfig] | None = option(
+        None, "training shards: a shard directory (with info.json), a brace pattern or a URL list joined with "
+        "'::'; or weighted shard directories mixed at shard level, [{path: <dir>, weight: 3}, {path: <dir>, "
+        "weight: 1}], each set giving weight / sum of weights of the images (docs/loader.md) (required)",
+        aliases=("shards", "train_shards"))
     val: str | None = option(None, "held-out hashtag shards for evaluation; null: no evaluation",
                              aliases=("val_shards", "eval_shards"))
     batch_size: int = option(32, "images per GPU (per rank) per step; the paper used 24",
@@ -115,6 +132,17 @@ class DataConfig:
                                                     "device), auto (cuda when present)")
     pin_memory: bool = option(True, "pinned host batches, copied to the GPU without blocking")
     sampling: SamplingConfig = section(SamplingConfig, "hashtag-frequency resampling")
+
+    def validate(self) -> None:
+        if isinstance(self.train, list):
+            if not self.train:
+                raise InvalidValue("train", "is an empty list: give a shard directory, or a list of "
+                                   "{path: <shard directory>, weight: <number>} entries")
+            paths = [str(Path(entry.path)) for entry in self.train]
+            twice = next((p for i, p in enumerate(paths) if p in paths[:i]), None)
+            if twice is not None:
+                raise InvalidValue("train", f"lists {twice} twice; list each shard set once, with the weights "
+                                   "added up")
 
 
 @dataclass
@@ -395,8 +423,9 @@ def _merge(target: dict[str, Any], update: dict[str, Any]) -> None:
 
 
 def _source_of(key: str, sources: dict[str, str], default: str) -> str:
-    """The override that set ``key`` (or one of its parent sections), else the file."""
-    parts = key.split(".")
+    """The override that set ``key`` (or one of its parent sections), else the file; list items
+    (``data.train[0].weight``) belong to the list's key."""
+    parts = re.sub(r"\[\d+\]", "", key).split(".")
     for end in range(len(parts), 0, -1):
         found = sources.get(".".join(parts[:end]))
         if found:
@@ -448,7 +477,10 @@ class _Builder:
         if origin in (typing.Union, types.UnionType):
             if value is None and type(None) in args:
                 return None
-            (inner,) = [a for a in args if a is not type(None)]
+            members = [a for a in args if a is not type(None)]
+            inner = members[0] if len(members) == 1 else _member_for(members, value)
+            if inner is None:
+                raise self.fail(key, f"{key} must be {_type_name(hint)}, got {_describe(value)}")
             return self.convert(inner, value, key, meta)
         if origin is Literal:
             if value not in args:
@@ -501,6 +533,17 @@ class _Builder:
             raise self.fail(key, f"{key} must be <= {_num(high)}, got {value}{why}")
         if above is not None and value <= above:
             raise self.fail(key, f"{key} must be > {_num(above)}, got {value}")
+
+
+def _member_for(members: list[Any], value: Any) -> Any:
+    """The member of a union (str | list[...], say) whose shape ``value`` has, or None."""
+    def shape(hint: Any) -> str:
+        if dataclasses.is_dataclass(hint):
+            return "mapping"
+        return "list" if typing.get_origin(hint) in (list, tuple) else "scalar"
+
+    wanted = ("mapping" if isinstance(value, dict) else "list" if isinstance(value, (list, tuple)) else "scalar")
+    return next((m for m in members if shape(m) == wanted), None)
 
 
 def _num(x: float) -> str:
@@ -603,12 +646,14 @@ def save_resolved(config: Any, run_dir: str | Path) -> Path:
 def _type_name(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return f"{_type_name(inner[0])} or null"
+        inner = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(inner) + (" or null" if type(None) in args else "")
     if origin is Literal:
         return " \\| ".join(str(a) for a in args)
     if origin in (list, tuple):
         return f"list of {_type_name(args[0])}"
+    if dataclasses.is_dataclass(hint):
+        return "{" + ", ".join(f.name for f in dataclasses.fields(hint)) + "}"
     return getattr(hint, "__name__", str(hint))
 
 

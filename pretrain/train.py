@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from data.errors import UserError
 from data.loader.pipeline import Loader, LoaderConfig, create_loader
+from data.loader.resampling import union_target_weights
 from data.shards.directory import ShardSource, resolve_shards
 from pretrain.checkpoint import (TRUNK_FILE, export_trunk, load_resume, restore_training_state, save_checkpoint,
                                  training_state, unwrap_model)
@@ -38,7 +39,8 @@ from pretrain.distributed import DistInfo, barrier, cleanup, init_distributed, s
 from pretrain.divergence import stopping_streak
 from pretrain.engine import Engine, Interval, Progress, StepSettings
 from pretrain.evaluation import evaluate
-from pretrain.label_distribution import plot_label_distribution, realised_vs_target
+from pretrain.label_distribution import (plot_label_distribution, realised_vs_target, target_name,
+                                         target_shares)
 from pretrain.loss import create_loss
 from pretrain.model import create_model, head_name, param_groups
 from pretrain.run_directory import claimed_run_dir
@@ -245,7 +247,7 @@ class Trainer:
         where = (f"label {differ} is {saved[differ]!r} there and {current[differ]!r} here"
                  if differ < min(len(saved), len(current)) else f"{len(saved)} labels there, {len(current)} here")
         raise UserError(f"{path} was trained on the vocabulary {_vocabulary(state.get('vocab') or {}, saved)}, but "
-                        f"data.train={self.config.data.train} carries {_vocabulary(self.vocab, current)} ({where}); "
+                        f"data.train={self.source.description} carries {_vocabulary(self.vocab, current)} ({where}); "
                         "resume on the shards it was trained on, or pass checkpoint.resume=none to start over")
 
     def _interrupted_images(self) -> int | None:
@@ -272,6 +274,8 @@ class Trainer:
         config, progress = self.config, self.progress
         self._say(f"{config.model.name}: {self.num_classes} hashtags, world size {self.info.world_size}, global batch "
                   f"{self.global_batch}, peak lr {self.scheduler.schedule.peak_lr:g}, run dir {self.run_dir}")
+        if self.source.parts:
+            self._say(_mixture_line(self.source, config.data.sampling.q))
         bar = tqdm(total=config.optim.total_images, initial=progress.images_seen, unit="img", unit_scale=True,
                    disable=not self.info.is_main, dynamic_ncols=True)
         self._window = LogWindow()
@@ -458,13 +462,28 @@ class Trainer:
             return {}
         realised_total = counts.cpu().numpy()
         q = self.config.data.sampling.q
-        png = plot_label_distribution(realised_total, self.source.label_counts, q, self.run_dir / LABEL_PLOT)
+        target = target_shares(self.source, q)
+        png = plot_label_distribution(realised_total, self.source.label_counts, target, target_name(self.source, q),
+                                      self.run_dir / LABEL_PLOT)
         self.tracker.log_image("plot/label_distribution", png, step=self.progress.step)
-        return {"label_distribution_tv": realised_vs_target(realised_total, self.source.label_counts, q)}
+        return {"label_distribution_tv": realised_vs_target(realised_total, target)}
 
     def _say(self, message: str) -> None:
         if self.info.is_main:
             tqdm.write(message)
+
+
+def _mixture_line(source: ShardSource, q: float | None) -> str:
+    """The set shares a mixture trains on, beside those that would reproduce one corpus made of their
+    union (docs/sampling.md, "Mixtures of shard sets")."""
+    parts = source.parts
+    shares = np.asarray(source.weights) / sum(source.weights)
+    line = "mixing at shard level: " + ", ".join(f"{p.description} {s:.1%}" for p, s in zip(parts, shares))
+    if all(p.label_counts is not None for p in parts):
+        union = union_target_weights([p.label_counts for p in parts], [p.num_samples for p in parts], q)
+        line += (" of the images (one corpus of their union would give " + " / ".join(f"{u:.1%}" for u in union)
+                 + ("" if q is None else f" at sampling.q={q:g}") + ")")
+    return line
 
 
 def _vocabulary(source: dict[str, Any], tags: list[str]) -> str:

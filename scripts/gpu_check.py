@@ -20,7 +20,13 @@ and the time left, and the whole run stops at --time-limit:
 4. ``e2e``: ``torchrun --nproc_per_node=1 -m pretrain`` (the single-GPU recipe) on those shards
    for about --e2e-seconds in all, once per --e2e entry (decoder and loader workers): images/s
    and ``data_wait`` from its metrics.jsonl, i.e. whether the loader keeps the GPU fed.
-5. ``compiled``: bf16 channels_last under ``torch.compile`` (inductor), model by model while
+5. ``decode``: ``data.decode=cuda`` (nvJPEG, then crop and resize on the device) on one real shard
+   of phase 4 against ``data.decode=cpu``: the same samples in the same order, and each image
+   within DECODE_MAX_MAD grey levels (mean absolute difference) of the CPU path's. In the dry run
+   it checks the CPU-only behaviour instead: ``decode=cuda`` is refused with its one-line error,
+   ``decode=auto`` falls back to the CPU path (identical batches), and the device path's code
+   runs with ``device="cpu"`` against the same tolerance.
+6. ``compiled``: bf16 channels_last under ``torch.compile`` (inductor), model by model while
    time is left (compiling ResNeXt-101 takes a minute or more).
 
 Every figure is one JSON line in ``<out>/results.jsonl``; ``<out>/summary.md`` holds the tables;
@@ -57,7 +63,8 @@ import time
 import traceback
 import xml.etree.ElementTree as ElementTree
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from unittest import mock
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -77,6 +84,11 @@ CLASSES = 1500  # the IN-1k-aligned vocabulary's size
 ANCHOR = {"source": "NVIDIA DeepLearningExamples ResNeXt101-32x4d (PyTorch), 1x A100-80GB, DALI",
           "model": "resnext101_32x4d", "images_per_s": {"bf16_cl_eager": 1211.0, "fp32_eager": 456.0},
           "setting": {"bf16_cl_eager": "AMP + NHWC", "fp32_eager": "TF32"}}
+# The decode phase's tolerance: torchvision's own test of nvJPEG against libjpeg-turbo
+# (test/test_image.py, test_decode_jpegs_cuda) accepts a mean absolute difference below 2 grey levels
+# (IDCT and chroma upsampling differ); tests/data/loader/test_gpu_decode.py uses the same bound.
+DECODE_MAX_MAD = 2.0
+PHASES = ("env", "tests", "throughput", "e2e", "decode", "compiled")
 
 
 @dataclass(frozen=True)
@@ -122,11 +134,12 @@ GPU = Sizes(models=("resnext101_32x4d", "resnext101_32x8d", "resnext101_32x16d")
             warmup=3, steps=8, rounds=2, round_seconds=1.5, world_images=8000, world_size_range=(288, 384),
             e2e_model="resnext101_32x8d", e2e_batch=64, e2e_log_every=20, e2e_runs="cpu:4,cpu:12",
             e2e_max_images=None, shuffle_buffer=1000, compile_backend="inductor",
-            budgets={"tests": 75, "throughput": 100, "e2e": 160})
+            budgets={"tests": 75, "throughput": 100, "e2e": 160, "decode": 30})
 DRY = Sizes(models=("resnext_micro",), image_size=32, batch_size=4, warmup=1, steps=2, rounds=2, round_seconds=None,
             world_images=48,
             world_size_range=(64, 96), e2e_model="resnext_micro", e2e_batch=4, e2e_log_every=2, e2e_runs="cpu:1,cpu:2",
-            e2e_max_images=48, shuffle_buffer=50, compile_backend="aot_eager", budgets={"tests": 60, "throughput": 60, "e2e": 120})
+            e2e_max_images=48, shuffle_buffer=50, compile_backend="aot_eager", budgets={"tests": 60, "throughput": 60, "e2e": 120,
+                                                                 "decode": 60})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,8 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="every step on the CPU at toy sizes")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds for the whole check (default 470 on a GPU, 300 dry)")
-    parser.add_argument("--phases", default="env,tests,throughput,e2e,compiled",
-                        help="comma-separated subset of env,tests,throughput,e2e,compiled")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--models", default=None, help="comma-separated model names (default: ResNeXt-101 "
                         "32x4d,32x8d,32x16d; dry: resnext_micro); the compiled phase takes them in this order")
     parser.add_argument("--batch-size", type=int, default=None, help="throughput batch (default 128, halved on OOM)")
@@ -147,7 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the throughput child process
     args = parser.parse_args(argv)
-    unknown = set(args.phases.split(",")) - {"env", "tests", "throughput", "e2e", "compiled"}
+    unknown = set(args.phases.split(",")) - set(PHASES)
     if unknown:
         parser.error(f"--phases: unknown phase(s) {', '.join(sorted(unknown))}")
     args.e2e = args.e2e or (DRY if args.dry_run else GPU).e2e_runs
@@ -432,6 +445,88 @@ def phase_e2e(check: Check, budget: float, build: ShardBuild) -> None:
         raise RuntimeError("; ".join(errors))
 
 
+def phase_decode(check: Check, budget: float, build: ShardBuild) -> None:
+    """The device-decode path against the CPU path on one real shard (the module docstring, phase 5)."""
+    build.join(timeout=max(1.0, budget / 2))
+    if build.is_alive() or build.error:
+        raise RuntimeError(build.error or "the shards were not built in time; see build.log")
+    from data.errors import UserError
+    from data.loader.gpu_decode import decode_batch
+    from data.loader.pipeline import LoaderConfig, create_loader
+
+    size = check.sizes.image_size
+    shard = sorted(str(p) for p in build.shards.glob("train-*.tar"))[:1]
+    config = LoaderConfig(batch_size=16, num_workers=0, image_size=size, shuffle_buffer=32, shuffle_initial=8,
+                          epoch_images=64)
+    reference = _keyed_images(create_loader(shard, config))  # the CPU path: reduced-DCT decode in the worker
+    row: dict[str, Any] = {"device": check.device, "shard": Path(shard[0]).name, "image_size": size,
+                           "max_mad_allowed": DECODE_MAX_MAD}
+    if check.args.dry_run:
+        try:
+            create_loader(shard, replace(config, decode="cuda"))
+            row["cuda_refused"] = None
+        except UserError as err:
+            row["cuda_refused"] = str(err)
+        if not row["cuda_refused"] or "needs a CUDA device" not in row["cuda_refused"]:
+            raise RuntimeError(f"decode=cuda on a machine without CUDA was not refused with its one-line error: "
+                               f"{row['cuda_refused']!r}")
+        auto = _keyed_images(create_loader(shard, replace(config, decode="auto")))
+        row["auto_falls_back_to_cpu"] = [k for k, _ in auto] == [k for k, _ in reference] and all(
+            torch.equal(a, b) for (_, a), (_, b) in zip(auto, reference))
+        if not row["auto_falls_back_to_cpu"]:
+            raise RuntimeError("decode=auto without CUDA did not give the CPU path's batches")
+        # The worker side as on a GPU (header-only boxes, bytes shipped), CUDA reported present; the
+        # batch side is the loader's own decode_batch call, run on the CPU.
+        with mock.patch.object(torch.cuda, "is_available", return_value=True):
+            shipped = list(create_loader(shard, replace(config, decode="auto")).stream)
+        device = [(batch["keys"][i], image) for batch in shipped
+                  for image, i in _decoded(decode_batch(batch["jpeg"], batch["boxes"], batch["flips"], size, "cpu"))]
+    else:
+        loader = create_loader(shard, replace(config, decode="cuda"))
+        shipped = list(loader.stream)  # the worker side of epoch 0, then the whole loader over epoch 0
+        loader.set_epoch(0)
+        device = _keyed_images(loader)
+        row["decoded_on"] = str(device[0][1].device) if device else None
+    # The same boxes and flips decoded at full scale by libjpeg-turbo, cropped and resized by the same
+    # code: what remains is the decoder's difference, which torchvision's tolerance bounds per image.
+    full = [(batch["keys"][i], image) for batch in shipped
+            for image, i in _decoded(decode_batch(batch["jpeg"], batch["boxes"], batch["flips"], size, "cpu"))]
+    row["same_samples"] = [k for k, _ in device] == [k for k, _ in reference] == [k for k, _ in full]
+    if not row["same_samples"] or not device:
+        raise RuntimeError(f"the device decode path delivered other samples than the CPU path "
+                           f"({len(device)} images against {len(reference)})")
+    decoder = [_mad(image, cpu) for (_, image), (_, cpu) in zip(device, full)]
+    path = [_mad(image, cpu) for (_, image), (_, cpu) in zip(device, reference)]
+    row.update(images=len(device), decoder_mad_mean=round(statistics.fmean(decoder), 3),
+               decoder_mad_max=round(max(decoder), 3), cpu_path_mad_mean=round(statistics.fmean(path), 3),
+               cpu_path_mad_max=round(max(path), 3))
+    check.record(phase="decode-check", **row)
+    print(f"   {len(device)} images, device path on {row.get('decoded_on', 'cpu (dry run)')}: mean absolute difference "
+          f"per image to libjpeg-turbo with the same boxes {row['decoder_mad_mean']} (max {row['decoder_mad_max']}, "
+          f"allowed {DECODE_MAX_MAD}); to the CPU loader path (reduced-DCT decode) {row['cpu_path_mad_mean']} on "
+          f"average (allowed {DECODE_MAX_MAD}), max {row['cpu_path_mad_max']}", flush=True)
+    if row["decoder_mad_max"] > DECODE_MAX_MAD or row["cpu_path_mad_mean"] > DECODE_MAX_MAD:
+        raise RuntimeError(f"the device decode path is off: per-image difference to libjpeg-turbo up to "
+                           f"{row['decoder_mad_max']}, to the CPU loader path {row['cpu_path_mad_mean']} on average "
+                           f"(allowed {DECODE_MAX_MAD} each)")
+
+
+def _decoded(result: tuple[torch.Tensor, list[int], list[Any]]) -> list[tuple[torch.Tensor, int]]:
+    """decode_batch's images paired with the batch index each one came from."""
+    images, kept, _ = result
+    return list(zip(images, kept))
+
+
+def _mad(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean absolute difference of two uint8 images, in grey levels."""
+    return float((a.cpu().to(torch.int16) - b.cpu().to(torch.int16)).abs().float().mean())
+
+
+def _keyed_images(loader: Any) -> list[tuple[str, torch.Tensor]]:
+    """(key, image) of every sample a loader delivers, in order (a resampled shard repeats keys)."""
+    return [(key, image) for batch in loader for key, image in zip(batch["keys"], batch["image"])]
+
+
 def _planning_rate(check: Check) -> float:
     """img/s to size the end-to-end runs: the measured bf16 channels_last eager step of that model."""
     measured = [r["images_per_s"] for r in check.records if r.get("phase") == "throughput"
@@ -672,10 +767,19 @@ def write_summary(check: Check) -> None:
             lines.append(f"| {r['decode']} | {r['workers']} | {r['model']} | {r['batch_size']} | {rate} | {wait} | "
                          f"{r['log_rows']} | {r['seconds']} | {'timeout' if r['timed_out'] else r['exit_code']} |")
         lines.append("")
+    decode = next((r for r in rows if r.get("phase") == "decode-check"), None)
+    if decode:
+        on = decode.get("decoded_on") or "cpu: the device path's code (dry run; decode=cuda refused, auto falls back)"
+        lines += [f"## Device decode (data.decode=cuda) on {decode['shard']}, {decode['images']} images at "
+                  f"{decode['image_size']} px, decoded on {on}", "",
+                  "| against | mean abs. difference (mean / max over images) | allowed |", "|---|---|---|",
+                  f"| libjpeg-turbo, same boxes and resize | {decode['decoder_mad_mean']} / "
+                  f"{decode['decoder_mad_max']} | {DECODE_MAX_MAD} per image |",
+                  f"| the CPU loader path (reduced-DCT decode) | {decode['cpu_path_mad_mean']} / "
+                  f"{decode['cpu_path_mad_max']} | {DECODE_MAX_MAD} on average |", ""]
     lines += ["## Phases", "", "| phase | status | seconds | note |", "|---|---|---|---|"]
     for r in rows:
-        if "status" in r and r.get("phase") in ("env", "tests", "throughput", "e2e", "compiled") and "model" not in r \
-                and "decode" not in r:
+        if "status" in r and r.get("phase") in PHASES and "model" not in r and "decode" not in r:
             note = r.get("error") or r.get("reason") or ""
             lines.append(f"| {r['phase']} | {r['status']} | {r.get('seconds', '')} | {note.splitlines()[0] if note else ''} |")
     (check.out / "summary.md").write_text("\n".join(lines) + "\n")
@@ -701,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu_check: {'dry run on the CPU' if args.dry_run else 'CUDA'}, {check.limit:.0f} s in all, "
           f"out {args.out}, scratch {work}", flush=True)
     build = ShardBuild(check)
-    if "e2e" in phases:
+    if phases & {"e2e", "decode"}:
         build.start()  # CPU work beside the tests
     if "env" in phases:
         with check.phase("env"):
@@ -720,6 +824,10 @@ def main(argv: list[str] | None = None) -> int:
         with check.phase("e2e") as budget:
             if budget:
                 phase_e2e(check, budget, build)
+    if "decode" in phases:
+        with check.phase("decode") as budget:
+            if budget:
+                phase_decode(check, budget, build)
     if "compiled" in phases:
         # The single-GPU recipe's model first, then the others in the given order.
         order = sorted(sizes.models, key=lambda m: m != sizes.e2e_model)

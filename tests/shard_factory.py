@@ -92,3 +92,12 @@ def built_files(directory: Path) -> dict[str, bytes]:
     ``.build/`` (scan parts, plan, manifests, per-node timings) is left out."""
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
             if p.is_file() and ".build" not in p.relative_to(directory).parts}
+
+
+def with_vocab_sha256(root: Path, digest: str = "ab" * 32) -> Path:
+    """Record a vocabulary sha256 in ``root``'s info.json, as the shard builder does (mixtures of
+    shard sets check that their sets share it)."""
+    info = json.loads((root / "info.json").read_text())
+    info["vocab"]["sha256"] = digest
+    (root / "info.json").write_text(json.dumps(info))
+    return root

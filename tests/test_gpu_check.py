@@ -34,11 +34,11 @@ def _phase_status(rows: list[dict]) -> dict[str, str]:
 def test_every_phase_runs_and_a_failure_stays_in_its_phase(dry_run):
     done, rows, _ = dry_run
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # a phase failed: the exit says so
-    assert _phase_status(rows) == {"env": "ok", "tests": "ok", "throughput": "error", "e2e": "ok",
+    assert _phase_status(rows) == {"env": "ok", "tests": "ok", "throughput": "error", "e2e": "ok", "decode": "ok",
                                    "compiled": "error"}, done.stdout[-3000:]
     errors = [r["error"] for r in rows if r.get("status") == "error" and "error" in r]
     assert len(errors) == 2 and all("no_such_model" in e and "resnext_micro" not in e for e in errors), errors
-    for phase in ("env", "tests", "throughput", "e2e", "compiled"):
+    for phase in ("env", "tests", "throughput", "e2e", "decode", "compiled"):
         assert f"== {phase}: budget " in done.stdout
 
 
@@ -78,11 +78,25 @@ def test_the_end_to_end_runs_train_on_the_shards_they_built(dry_run):
         assert run["images_per_s"] > 0 and 0 <= run["data_wait"] <= run["data_wait_max"] <= 1
 
 
+def test_the_decode_check_proves_the_cpu_only_behaviour_and_runs_the_device_path(dry_run):
+    """Without CUDA: decode=cuda is refused with its one-line error, auto gives the CPU path's batches,
+    and the device path's code (worker-side boxes, decode_batch) delivers the same samples within
+    the stated tolerance of the CPU loader path on a shard the builder wrote."""
+    _, rows, _ = dry_run
+    (decode,) = [r for r in rows if r["phase"] == "decode-check"]
+    assert decode["device"] == "cpu" and decode["shard"] == "train-000000.tar" and decode["images"] == 64
+    assert decode["cuda_refused"] == "loader.decode='cuda' needs a CUDA device, and none is available; use 'cpu' or 'auto'"
+    assert decode["auto_falls_back_to_cpu"] and decode["same_samples"]
+    assert decode["decoder_mad_max"] == 0.0  # on the CPU both sides are libjpeg-turbo with the same boxes
+    assert 0 < decode["cpu_path_mad_mean"] <= decode["max_mad_allowed"] == 2.0
+
+
 def test_the_summary_has_the_tables_and_claims_no_gpu_figure(dry_run):
     _, _, out = dry_run
     summary = (out / "summary.md").read_text()
     assert summary.startswith("# GPU check (dry run on the CPU: toy sizes, no GPU figure)")
-    for heading in ("## CUDA tests: 0 passed, 0 failed,", "## Training step throughput", "## End to end", "## Phases"):
+    for heading in ("## CUDA tests: 0 passed, 0 failed,", "## Training step throughput", "## End to end",
+                    "## Device decode (data.decode=cuda) on train-000000.tar, 64 images at 32 px", "## Phases"):
         assert heading in summary
     assert "| bf16_cl_eager (AMP + NHWC for the anchor) | 1,211 | - | **not measured on GPU (dry run)** |" in summary
     assert "| fp32_eager (TF32 for the anchor) | 456 | - | **not measured on GPU (dry run)** |" in summary

@@ -6,7 +6,11 @@ Per DataLoader worker, the stream is (docs/loader.md has the full picture)::
        (optional) ─▶ decode + crop ─▶ batch (inside the worker) ─▶ DataLoader(batch_size=None)
 
 - ``mode="train"``: shards drawn with replacement for ever (:mod:`data.loader.order`), seeded by
-  (seed, rank, worker, epoch); an epoch is ``epoch_images`` images, cut into
+  (seed, rank, worker, epoch); for a mixture of weighted shard sets (``source`` a list of
+  ``{"path", "weight"}``, :func:`data.shards.directory.resolve_shards`) drawn so that set i
+  supplies weight_i / Σ weight of the images, with hashtag resampling normalised per set
+  (:mod:`data.loader.resampling`) so that it keeps those proportions; an epoch is
+  ``epoch_images`` images, cut into
   ``batches_per_epoch = ceil(epoch_images / (batch_size * world_size))`` batches, rounded up to a
   multiple of ``num_workers``; every worker of every rank yields exactly its share, whatever the
   shard sizes, so no rank waits on another in an all-reduce.
@@ -158,6 +162,7 @@ class ShardStream(IterableDataset):
         self.label_counts = SharedCounts(slots, plan.num_labels) if plan.num_labels else None
         self.transform = _transform(config, plan.mode)
         self._resampler: Any = None
+        self._shard_weights = source.shard_weights()
         self._progress = _Progress(self.skips)
         digests = zip(source.urls, source.sha256 or ()) if config.verify_shards else ()
         self.digests = ShardDigests({url: digest for url, digest in digests if digest is not None})
@@ -200,7 +205,7 @@ class ShardStream(IterableDataset):
         urls = self.source.urls
         if self.plan.mode == "train":
             self._progress.arm(10_000 + 3 * len(urls), self.source.description)
-            return resampled_shards(urls, seed)
+            return resampled_shards(urls, seed, self._shard_weights)
         return finite_shards(urls, stream_seed(self.config.seed, epoch), self.plan.rank,
                              self.plan.world_size, worker, num_workers)
 
@@ -210,9 +215,20 @@ class ShardStream(IterableDataset):
 
             self._resampler = LabelResampler(self.source.label_counts, q=self.config.sampling_q,
                                              cap=self.config.sampling_cap,
-                                             num_images=self.source.num_samples)
+                                             num_images=self.source.num_samples, set_means=self._set_means())
         self._resampler.reseed(seed)
         return self._resampler(samples)
+
+    def _set_means(self) -> dict[str, float] | None:
+        """A mixture's mean image weight per set, by shard URL (None for one set)."""
+        parts = self.source.parts
+        if not parts:
+            return None
+        from data.loader.resampling import set_mean_weights  # noqa: PLC0415 - only when resampling
+
+        means = set_mean_weights([p.label_counts for p in parts], [p.num_samples for p in parts],
+                                 self.config.sampling_q)
+        return {url: float(mean) for part, mean in zip(parts, means) for url in part.urls}
 
     def _collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {"keys": [s["__key__"] for s in samples],
@@ -345,7 +361,8 @@ class Loader:
 def create_loader(source: Any, config: LoaderConfig = LoaderConfig(), *, mode: str = "train",
                   rank: int | None = None, world_size: int | None = None) -> Loader:
     """The loader of one rank over ``source`` (a shard directory, a brace pattern, a URL or a list
-    of them); ``rank``/``world_size`` default to torch.distributed's when it is initialised."""
+    of them, or a list of weighted shard directories ``[{"path": a, "weight": 3}, ...]``);
+    ``rank``/``world_size`` default to torch.distributed's when it is initialised."""
     if mode not in MODES:
         raise UserError(f"loader mode must be one of {', '.join(MODES)}, got {mode!r}")
     config.validate()

@@ -16,6 +16,17 @@ loader's resampled shards): each image is emitted ``r = w(I)/mean_w`` times in e
 samples per input is exactly 1. An optional cap bounds r (and so the copies of one image, at most
 ⌈cap⌉), which lowers the emission rate and under-represents the rarest labels; docs/sampling.md
 derives both effects and reports measured distances to the target.
+
+A mixture of shard sets (data/shards/directory.py) streams set i's images in the proportion π_i =
+weight_i / Σ weight. Resampling then takes the label weights n_h^(q−1) from the union's counts
+(n_h = Σ_i n_{h,i}) and divides each image's weight by the mean weight *of its own set*,
+mean_w_i = Σ_h n_{h,i} n_h^(q−1) / N_i (:func:`set_mean_weights`): every set keeps emitting one
+sample per input, so the mixing weights are the set proportions of what training sees, with
+resampling on or off, and within each set images are drawn ∝ w(I). The image distribution is then
+P(I) = π_i w(I) / Z_i for I in set i, Z_i = N_i mean_w_i; with π_i ∝ Z_i
+(:func:`union_target_weights`) it is w(I) / Σ_h n_h^q, exactly the single-corpus resampling of
+the union towards p_h ∝ n_h^q. :func:`mixture_label_distribution` gives the label shares any
+other weights aim at.
 """
 from __future__ import annotations
 
@@ -140,6 +151,52 @@ def _check_num_images(num_images: int | None, counts: np.ndarray) -> int:
     return int(num_images)
 
 
+def set_mean_weights(set_counts: Sequence[Sequence[int]], set_images: Sequence[int], q: float) -> np.ndarray:
+    """Per shard set i of a mixture, mean_w_i = Σ_h n_{h,i} n_h^(q−1) / N_i: the mean image weight
+    over its N_i images, with the label weights of the union's counts n_h = Σ_i n_{h,i}."""
+    return _set_masses(set_counts, q) / _set_images(set_counts, set_images)
+
+
+def union_target_weights(set_counts: Sequence[Sequence[int]], set_images: Sequence[int],
+                         q: float | None) -> np.ndarray:
+    """The mixing weights (summing to 1) under which a mixture streams exactly what one corpus made
+    of the union would: Z_i = Σ_h n_{h,i} n_h^(q−1) normalised with resampling (q), N_i without."""
+    mass = _set_images(set_counts, set_images).astype(np.float64) if q is None else _set_masses(set_counts, q)
+    return mass / mass.sum()
+
+
+def mixture_label_distribution(set_counts: Sequence[Sequence[int]], weights: Sequence[float],
+                               q: float) -> np.ndarray:
+    """The label shares a mixture with ``weights`` aims at: Σ_i π_i n_{h,i} n_h^(q−1) / Z_i, exact
+    for images with one label (as :func:`label_distribution` is for one corpus); q=1 for a stream
+    without resampling. With the weights of :func:`union_target_weights` it is p_h ∝ n_h^q."""
+    counts = np.stack([_check_counts(c) for c in set_counts]).astype(np.float64)
+    label_w = np.nan_to_num(label_weights(counts.sum(axis=0), q))
+    shares = _check_mix(weights, len(counts))
+    per_set = counts * label_w
+    return (shares[:, None] * per_set / per_set.sum(axis=1, keepdims=True)).sum(axis=0)
+
+
+def _set_masses(set_counts: Sequence[Sequence[int]], q: float) -> np.ndarray:
+    """Z_i = Σ_h n_{h,i} n_h^(q−1) per set (NaN-free: a label no set carries has n_{h,i} = 0)."""
+    counts = np.stack([_check_counts(c) for c in set_counts]).astype(np.float64)
+    return (counts * np.nan_to_num(label_weights(counts.sum(axis=0), q))).sum(axis=1)
+
+
+def _set_images(set_counts: Sequence[Sequence[int]], set_images: Sequence[int]) -> np.ndarray:
+    if len(set_images) != len(set_counts):
+        raise ValueError(f"{len(set_counts)} sets of label counts but {len(set_images)} image counts")
+    return np.array([_check_num_images(n, _check_counts(c)) for c, n in zip(set_counts, set_images)],
+                    dtype=np.float64)
+
+
+def _check_mix(weights: Sequence[float], sets: int) -> np.ndarray:
+    shares = np.asarray(weights, dtype=np.float64)
+    if shares.shape != (sets,) or not np.all(np.isfinite(shares) & (shares > 0)):
+        raise ValueError(f"need one positive finite weight per set ({sets}), got {list(weights)!r}")
+    return shares / shares.sum()
+
+
 def total_variation(p: Sequence[float], q: Sequence[float]) -> float:
     """½ Σ |p_i − q_i| between two distributions given as (unnormalised) non-negative masses."""
     p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
@@ -175,10 +232,15 @@ class LabelResampler:
     With q=1 and one label per image (or the same number of labels on every image) the rate is
     exactly 1 and the stage is the identity. Copies leave adjacent: put a shuffle buffer after this
     stage, much larger than the largest rate, so that replicas spread over different batches.
+
+    For a mixture of shard sets, ``label_counts`` and ``num_images`` are the union's and
+    ``set_means`` maps each sample's ``set_key`` (its shard URL) to its set's mean weight
+    (:func:`set_mean_weights`), which then replaces mean_w: each set's emission rate stays 1.
     """
 
     def __init__(self, label_counts: Sequence[int], q: float = 0.5, cap: float | None = None,
-                 seed: int | Sequence[int] = 0, labels_key: str = "labels", num_images: int | None = None):
+                 seed: int | Sequence[int] = 0, labels_key: str = "labels", num_images: int | None = None,
+                 set_means: Mapping[str, float] | None = None, set_key: str = "__url__"):
         counts = _check_counts(label_counts)
         self.q = _check_q(q)
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float, np.number))
@@ -191,6 +253,8 @@ class LabelResampler:
         self.num_images = _check_num_images(num_images, counts)
         self.weights = label_weights(counts, self.q)
         self.mean_weight = mean_image_weight(counts, self.q, self.num_images)
+        self.set_means = None if set_means is None else dict(set_means)
+        self.set_key = set_key
         # Plain Python containers: a dict lookup rejects negative ids that list indexing would wrap,
         # and per-sample float arithmetic on them is several times cheaper than on numpy scalars.
         self._weight_of = {label: float(self.weights[label]) for label in np.flatnonzero(counts > 0).tolist()}
@@ -218,6 +282,7 @@ class LabelResampler:
         key = self.labels_key
         weight_of = self._weight_of
         mean_weight = self.mean_weight
+        set_means, set_key = self.set_means, self.set_key
         cap = math.inf if self.cap is None else self.cap
         random_ = self._rng.random
         for sample in samples:
@@ -242,7 +307,7 @@ class LabelResampler:
             else:
                 self.skipped.add("no_label", self._name(sample))
                 continue
-            rate = weight / mean_weight
+            rate = weight / (mean_weight if set_means is None else set_means[sample[set_key]])
             if rate > cap:
                 rate = cap
             copies = int(rate)

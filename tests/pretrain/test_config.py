@@ -216,3 +216,27 @@ def test_the_machinery_takes_any_schema(tmp_path):
         "override 'classes=3': unknown key classes (did you mean head.classes?)")
     assert all_keys(_TransferLike) == ["head.classes", "head.kind", "init", "epochs"]
     assert dataclasses.asdict(config)["head"] == {"classes": 10, "kind": "mlp"}
+
+
+def test_data_train_takes_a_path_or_weighted_shard_sets(tmp_path):
+    assert load_config(None, ["data.train=shards/"]).data.train == "shards/"
+    config = load_config(None, ["data.train=[{path: a, weight: 3}, {path: b}]"])
+    assert [(s.path, s.weight) for s in config.data.train] == [("a", 3.0), ("b", 1.0)]
+    save_resolved(config, tmp_path)
+    assert load_config(tmp_path / CONFIG_FILE) == config  # the list round-trips through config.yaml
+    mixed = "override 'data.train=[{path: a, weight: %s}]': data.train[0].weight must be %s"
+    assert error_of(None, ["data.train=[{path: a, weight: 0}]"]) == mixed % (0, "> 0, got 0.0")
+    assert error_of(None, ["data.train=[{path: a, weight: -2}]"]) == mixed % (-2, "> 0, got -2.0")
+    assert error_of(None, ["data.train=[{path: a, weight: .inf}]"]) == mixed % (".inf", "finite, got inf")
+    assert error_of(None, ["data.train=[{path: a, weight: .nan}]"]) == mixed % (".nan", "finite, got nan")
+    assert error_of(None, ["data.train=[{path: a, weight: yes}]"]).endswith("weight must be a number, got True (bool)")
+    assert error_of(None, ["data.train=[{path: a, wieght: 2}]"]).endswith(
+        "unknown key data.train[0].wieght (did you mean data.train[0].weight?)")
+    assert error_of(None, ["data.train=[{weight: 2}]"]).endswith("data.train[0].path is required: the shard "
+                                                                 "directory of this set")
+    assert error_of(None, ["data.train=[{path: a}, {path: a/}]"]).endswith("data.train lists a twice; list each "
+                                                                          "shard set once, with the weights added up")
+    assert error_of(None, ["data.train=[]"]).endswith("data.train is an empty list: give a shard directory, or a "
+                                                      "list of {path: <shard directory>, weight: <number>} entries")
+    assert error_of(None, ["data.train={path: a}"]).endswith(
+        "data.train must be str or list of {path, weight} or null, got {'path': 'a'} (dict)")

@@ -7,6 +7,7 @@ The faults (a kill while a checkpoint is written, a rank killed with SIGKILL und
 --max-restarts, a diverging run, a full disk) are in tests/faults/."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -17,11 +18,13 @@ import sys
 import pytest
 import torch
 
+from data.errors import UserError
 from pretrain.checkpoint import LATEST, TRUNK_FILE, load_checkpoint, load_trunk
 from pretrain.config import load_config
 from pretrain.tracking import read_metrics
 from pretrain.train import DebugOptions, train
 from tests.pretrain_runs import REPO, job_env, make_shards, torchrun, write_config
+from tests.shard_factory import with_vocab_sha256
 from tests.pretrain.test_tracking import _read_wandb_run
 
 TRAIN_KEYS = {"loss", "lr", "images", "epoch", "images_per_s", "data_wait", "grad_norm", "nonfinite_steps",
@@ -188,3 +191,33 @@ def test_compiled_run_trains_like_the_eager_one(tmp_path, one_thread):
     assert len(losses["compiled"]) == len(losses["eager"]) == 4
     assert all(math.isfinite(loss) for loss in losses["compiled"])
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-3)
+
+
+# -- a weighted mixture of shard sets ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_mixture_trains_checkpoints_and_resumes_and_its_vocabulary_is_checked(tmp_path, one_thread, capsys):
+    """data.train as a list of weighted sets: the resolved config.yaml keeps the list, a run stopped
+    half-way resumes from it, and resuming onto sets of another vocabulary is one error line."""
+    first, _ = make_shards(tmp_path / "a")
+    second, _ = make_shards(tmp_path / "b")
+    mixture = [{"path": str(with_vocab_sha256(first)), "weight": 3}, {"path": str(with_vocab_sha256(second)), "weight": 1}]
+    config = write_config(tmp_path / "mix.yaml", first, None, tmp_path / "runs", "mix",
+                          data={"train": mixture}, optim={"total_images": 64, "warmup_images": 16, "decay_steps": 2})
+    assert train(load_config(config), DebugOptions(stop_after_images=32))["stopped_early"]
+    assert re.search(rf"mixing at shard level: {first} \(train\) 75.0%, {second} \(train\) 25.0% of the images "
+                     r"\(one corpus of their union would give \d+\.\d% / \d+\.\d% at sampling.q=0.5\)",
+                     capsys.readouterr().out)
+    resolved = load_config(tmp_path / "runs" / "mix" / "config.yaml")
+    assert [(s.path, s.weight) for s in resolved.data.train] == [(str(first), 3.0), (str(second), 1.0)]
+    summary = train(resolved)
+    assert summary["images_seen"] == 64 and 0 <= summary["label_distribution_tv"] < 1
+    assert load_checkpoint(tmp_path / "runs" / "mix" / LATEST)["config"]["data"]["train"] == mixture
+    other, _ = make_shards(tmp_path / "c")
+    info = json.loads((other / "info.json").read_text())
+    info["vocab"].update(sha256="cd" * 32, tags=[f"other{i}" for i in range(len(info["vocab"]["tags"]))])
+    (other / "info.json").write_text(json.dumps(info))
+    moved = load_config(config, ["optim.total_images=96", f"data.train=[{{path: {other}}}]"])
+    with pytest.raises(UserError, match=f"was trained on the vocabulary .* but data.train={other} \\(train\\) "
+                                        "carries .*label 0 is 't0' there and 'other0' here"):
+        train(moved)

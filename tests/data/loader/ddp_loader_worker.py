@@ -1,4 +1,5 @@
 """One rank of the torchrun test (tests/data/loader/test_pipeline_ddp.py): gloo on CPU, 2 DataLoader workers.
+With ``--mix DIR``, train and eval read a mixture: the shards weighted 3 and DIR weighted 1.
 
 Train: two epochs over uneven shards, with an all-reduce after every batch as DDP's gradient sync
 does; a rank with fewer batches would leave the others waiting in that all-reduce (the test's
@@ -21,11 +22,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("shards", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--mix", type=Path, help="a second shard directory, mixed in with weight 1 (shards: 3)")
     args = parser.parse_args()
+    source = args.shards if args.mix is None else [{"path": str(args.shards), "weight": 3},
+                                                   {"path": str(args.mix), "weight": 1}]
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     config = LoaderConfig(batch_size=4, num_workers=2, image_size=16, shuffle_buffer=20, shuffle_initial=4)
-    train = create_loader(args.shards, config)  # rank and world size from torch.distributed
+    train = create_loader(source, config)  # rank and world size from torch.distributed
     batches = []
     for epoch in range(2):
         train.set_epoch(epoch)
@@ -37,7 +41,7 @@ def main() -> None:
         batches.append(count)
     counts = [torch.zeros(2, dtype=torch.long) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, torch.tensor(batches))
-    evaluation = create_loader(args.shards, LoaderConfig(batch_size=4, num_workers=2, image_size=16,
+    evaluation = create_loader(source, LoaderConfig(batch_size=4, num_workers=2, image_size=16,
                                                          split="train"), mode="eval")
     keys = [key for batch in evaluation for key in batch["keys"]]
     result = {"rank": rank, "batches": batches, "all_batches": [c.tolist() for c in counts],
