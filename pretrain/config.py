@@ -160,6 +160,22 @@ class LossConfig:
     name: Literal["softmax", "sigmoid"] = option("softmax", "softmax: cross-entropy against 1/k on each of an "
                                                  "image's k hashtags (the paper); sigmoid: per-hashtag BCE",
                                                  aliases=("type", "kind"))
+    bias_init: Literal["auto", "prior", "zero"] = option(
+        "auto", "the hashtag classifier's starting bias: prior (sigmoid only: the logit of each hashtag's "
+        "expected frequency in the training stream after data.sampling, from info.json's label_counts; "
+        "-log(K-1) without them), zero (the paper's), auto (prior for sigmoid, zero for softmax). A fresh "
+        "run sets it; a resumed one keeps the checkpoint's", aliases=("head_bias", "bias"))
+
+    def starts_at_prior(self) -> bool:
+        """Whether a fresh run starts the classifier's bias at the label prior (pretrain/label_prior.py)."""
+        return self.bias_init == "prior" or (self.bias_init == "auto" and self.name == "sigmoid")
+
+    def validate(self) -> None:
+        if self.bias_init == "prior" and self.name != "sigmoid":
+            raise InvalidValue("bias_init", f"must be auto or zero with loss.name={self.name}, got prior: the prior "
+                               "is the sigmoid's; the softmax keeps the paper's zero bias (one constant added to "
+                               "every logit changes no softmax output, and at zero bias it already predicts 1/K "
+                               "per hashtag)")
 
 
 @dataclass

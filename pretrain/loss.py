@@ -53,10 +53,12 @@ class MultiLabelSigmoidLoss(nn.Module):
 
     The sum over labels (not a mean over all N x K entries) gives each logit the gradient
     ``(sigmoid(z) - y) / N``, the same form and scale as the softmax's ``(p - y/k) / N``, so both
-    losses train at the same learning rate. A mean over K too would shrink every gradient K-fold:
-    at the CPU demo's lr and 158 labels such a run never left its first plateau (the ablation in
-    docs/ablations.md). Unlike the softmax, a row without labels is a valid all-negative example
-    and counts.
+    losses train at the same learning rate. What a K-way sigmoid needs besides is a head whose bias
+    starts at the label prior (``loss.bias_init``, pretrain/label_prior.py): from zero bias every
+    logit starts at p = 0.5 and the first steps kill most of the trunk's features, with a sum or a
+    mean over K alike (on the demo world an earlier mean-over-K run and the summed one collapsed
+    the same way; the K-fold smaller gradient was not the cause). Unlike the softmax, a row without
+    labels is a valid all-negative example and counts.
     """
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

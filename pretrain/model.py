@@ -35,8 +35,9 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import timm
 import torch
 from torch import nn
@@ -137,16 +138,22 @@ class ResNeXt(ResNet):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
-def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+def create_model(name: str, num_classes: int, *, head_bias: Sequence[float] | np.ndarray | None = None,
+                 **kwargs: Any) -> nn.Module:
     """Build an untrained model with a ``num_classes``-way head (0: no head, pooled features out).
 
     Built-in ResNeXts take ``zero_init_residual`` (default True) and torchvision ``ResNet``'s
     ``norm_layer`` / ``replace_stride_with_dilation``; timm models take timm's keyword arguments
     (and ``zero_init_residual``, applied through the blocks' ``zero_init_last``). The classifier is
-    always re-drawn from N(0, 0.01^2) with zero bias.
+    always re-drawn from N(0, 0.01^2), its bias zero (the paper's) or ``head_bias``, one value per
+    class (the sigmoid loss's label prior, pretrain/label_prior.py).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise UserError(f"model num_classes must be a non-negative integer, got {num_classes!r}")
+    bias = None if head_bias is None else torch.as_tensor(np.asarray(head_bias, dtype=np.float64))
+    if bias is not None and (bias.shape != (num_classes,) or not torch.isfinite(bias).all()):
+        raise ValueError(f"head_bias must hold {num_classes} finite values (one per class), got shape "
+                         f"{tuple(bias.shape)}")
     if "pretrained" in kwargs:
         raise UserError(f"model '{name}': 'pretrained' is not an option here; models are built "
                         "untrained and weights come from a checkpoint (init=<path>)")
@@ -158,7 +165,7 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     else:
         raise UserError(_unknown_name_message(name))
     for classifier in _classifiers(model):
-        _init_head(classifier)
+        _init_head(classifier, bias)
     return model
 
 
@@ -198,12 +205,21 @@ def _unknown_name_message(name: str) -> str:
             "and any timm model name works (python -c 'import timm; print(timm.list_models())')")
 
 
-def _init_head(head: nn.Module) -> None:
-    for layer in head.modules():
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(layer.weight, mean=0.0, std=HEAD_INIT_STD)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
+def _init_head(head: nn.Module, bias: torch.Tensor | None = None) -> None:
+    """Weights from N(0, 0.01^2), biases zero; ``bias`` (one value per class) goes to the last
+    layer, the one that outputs the classes."""
+    layers = [layer for layer in head.modules() if isinstance(layer, (nn.Linear, nn.Conv2d))]
+    for layer in layers:
+        nn.init.normal_(layer.weight, mean=0.0, std=HEAD_INIT_STD)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+    if bias is None or not layers:
+        return
+    if layers[-1].bias is None:
+        raise UserError(f"the classifier ({type(layers[-1]).__name__}) has no bias to start at the label prior; "
+                        "set loss.bias_init=zero")
+    with torch.no_grad():
+        layers[-1].bias.copy_(bias)
 
 
 def head_name(model: nn.Module) -> str:

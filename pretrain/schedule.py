@@ -10,11 +10,13 @@ Goyal et al.'s recipe, as the paper used it: the peak lr follows the linear scal
 - ``cosine``: half a cosine from the peak down to 0 at ``total_images``.
 
 :class:`ImageScheduler` applies the schedule to an optimiser and is what a checkpoint stores
-(``state_dict`` / ``load_state_dict``). The engine calls ``step(images_after)`` once each optimiser
-step is done, which sets the lr at ``s + global batch`` for the NEXT step: a step that takes the run
-from ``s`` to ``s + global batch`` images runs at the lr at ``s``, and the very first step at the
-optimiser's initial lr, which pretraining and fine-tuning build as 0 (so it only fills the momentum
-buffers, also without a warm-up). The lr logged at a step is the one set after it.
+(``state_dict`` / ``load_state_dict``). It sets the optimiser's lr when it is built (the lr at 0
+images, whatever lr the optimiser was built with) and when a checkpoint's position is loaded (the lr
+at the images seen); the engine then calls ``step(images_after)`` once each optimiser step is done,
+which sets the lr at ``s + global batch`` for the NEXT step. So a step that takes the run from ``s``
+to ``s + global batch`` images runs at the lr at ``s``, the first one included: with a warm-up that
+lr is 0 (the first step only fills the momentum buffers), without one it is the peak. The lr logged
+at a step is the one set after it.
 
 The values come checked: the config schema refuses a ``kind`` other than step or cosine and a
 warm-up that is not shorter than the budget (``optim.warmup_images < optim.total_images``), and
@@ -64,17 +66,21 @@ class LRSchedule:
 
 
 class ImageScheduler:
-    """Sets an optimiser's lr from an :class:`LRSchedule` before each step; ``step(images_after)``
-    is called once per optimiser step with the images seen when that step is done."""
+    """Sets an optimiser's lr from an :class:`LRSchedule` before each step: at construction the lr
+    at 0 images (for the first step), then ``step(images_after)``, called once per optimiser step
+    with the images seen when that step is done, the lr for the next one."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> None:
         self.optimizer = optimizer
         self.schedule = schedule
-        self.images_seen = 0
-        self.last_lr = schedule.lr_at(0)
+        self._set(0)
 
     def step(self, images_after: int) -> float:
-        self.images_seen = int(images_after)
+        return self._set(images_after)
+
+    def _set(self, images: int) -> float:
+        """Move to ``images`` images seen and give every parameter group the lr there."""
+        self.images_seen = int(images)
         self.last_lr = self.schedule.lr_at(self.images_seen)
         for group in self.optimizer.param_groups:
             group["lr"] = self.last_lr
@@ -86,7 +92,4 @@ class ImageScheduler:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the position; the schedule itself comes from the (possibly edited) config, so a
         resumed run may change e.g. total_images and the lr follows the new schedule from here on."""
-        self.images_seen = int(state["images_seen"])
-        self.last_lr = self.schedule.lr_at(self.images_seen)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.last_lr
+        self._set(state["images_seen"])

@@ -41,6 +41,7 @@ from pretrain.engine import Engine, Interval, Progress, StepSettings
 from pretrain.evaluation import evaluate
 from pretrain.label_distribution import (plot_label_distribution, realised_vs_target, target_name,
                                          target_shares)
+from pretrain.label_prior import prior_bias
 from pretrain.loss import create_loss
 from pretrain.model import create_model, head_name, param_groups
 from pretrain.run_directory import claimed_run_dir
@@ -162,13 +163,16 @@ class Trainer:
                                config.tracking.entity, config.tracking.name or config.run.name, config.tracking.tags,
                                is_main=info.is_main, resume_step=self.progress.step)
         self._log_restart(interrupted)
+        if self.resumed_from is None:  # a resumed run keeps the checkpoint's head and its record
+            self.tracker.summary(self.head_init)
         self._window = LogWindow()
 
     # -- setup ----------------------------------------------------------------------------------
 
     def _network(self) -> nn.Module:
         config = self.config.model
-        network = create_model(config.name, self.num_classes, zero_init_residual=config.zero_init_residual)
+        network = create_model(config.name, self.num_classes, head_bias=self._head_bias(),
+                               zero_init_residual=config.zero_init_residual)
         network = network.to(self.info.device)
         if config.channels_last:
             network = network.to(memory_format=torch.channels_last)
@@ -178,6 +182,22 @@ class Trainer:
                                 "set dist.sync_bn=false on CPU")
             network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
         return network
+
+    def _head_bias(self) -> np.ndarray | None:
+        """The classifier's starting bias (``loss.bias_init``): the sigmoid's label prior of the stream
+        the loss sees (pretrain/label_prior.py), or None for zero. A resumed run then loads the
+        checkpoint's head over it. Sets ``self.head_init``, what the run records."""
+        if not self.config.loss.starts_at_prior():
+            self.head_init = {"head_bias_init": "zero"}
+            return None
+        q, counts = self.config.data.sampling.q, self.source.label_counts
+        bias = prior_bias(counts, self.source.num_samples, q, self.num_classes)
+        stream = "natural stream" if q is None else f"resampled stream, q={q:g}"
+        source = (f"prior: info.json label_counts, {stream}" if counts is not None
+                  else "prior: no label_counts, every hashtag at 1/K (-log(K-1))")
+        self.head_init = {"head_bias_init": source, "head_bias_min": float(bias.min()),
+                          "head_bias_max": float(bias.max())}
+        return bias
 
     def _optimizer(self) -> torch.optim.Optimizer:
         optim = self.config.optim
@@ -276,6 +296,11 @@ class Trainer:
                   f"{self.global_batch}, peak lr {self.scheduler.schedule.peak_lr:g}, run dir {self.run_dir}")
         if self.source.parts:
             self._say(_mixture_line(self.source, config.data.sampling.q))
+        if self.resumed_from is None:
+            init = self.head_init
+            spread = (f" ({init['head_bias_min']:.2f} to {init['head_bias_max']:.2f})"
+                      if "head_bias_min" in init else "")
+            self._say(f"{config.loss.name} loss, classifier bias {init['head_bias_init']}{spread}")
         bar = tqdm(total=config.optim.total_images, initial=progress.images_seen, unit="img", unit_scale=True,
                    disable=not self.info.is_main, dynamic_ncols=True)
         self._window = LogWindow()

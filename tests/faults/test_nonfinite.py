@@ -99,10 +99,11 @@ def test_a_non_finite_first_step_leaves_no_trace_in_the_momentum():
 
 def _diverging_config(tmp_path, **optim):
     shards, _ = make_shards(tmp_path)
-    # lr 1e12: the first steps are finite and throw the weights so far that every later forward
-    # overflows; logged every step, so the streak is read as soon as it reaches the limit.
+    # lr 1e12 after a warm-up over the first step's 4 images (that step runs at lr 0): the first
+    # steps are finite and throw the weights so far that every later forward overflows; logged
+    # every step, so the streak is read as soon as it reaches the limit.
     return write_config(tmp_path / "diverge.yaml", shards, None, tmp_path / "runs", "diverge",
-                        optim={"base_lr": 1e12, "warmup_images": 0, "total_images": 400, **optim},
+                        optim={"base_lr": 1e12, "warmup_images": 4, "total_images": 400, **optim},
                         checkpoint={"every_images": 10_000}, tracking={"log_every_steps": 1})
 
 
@@ -124,7 +125,7 @@ def test_a_diverging_run_stops_after_n_in_a_row_with_one_line_and_a_finite_check
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     # The checkpoint holds exactly the weights, BN statistics and momentum of step 2, the last finite one.
     finite = write_config(tmp_path / "finite.yaml", tmp_path / "train", None, tmp_path / "runs", "finite",
-                          optim={"base_lr": 1e12, "warmup_images": 0, "total_images": 400},
+                          optim={"base_lr": 1e12, "warmup_images": 4, "total_images": 400},
                           checkpoint={"every_images": 10_000})
     train(load_config(finite), DebugOptions(stop_after_images=8))
     reference = load_checkpoint(tmp_path / "runs" / "finite" / LATEST)

@@ -123,6 +123,22 @@ def test_head_is_drawn_from_normal_0_001():
     assert torch.all(create_model("resnext_tiny", 1000).fc.bias == 0)
 
 
+@pytest.mark.parametrize("name", ["resnext_micro", "resnet18", "deit_tiny_distilled_patch16_224"])
+def test_head_bias_goes_to_every_classifier_and_bad_ones_are_refused(name):
+    """``head_bias`` (the sigmoid's label prior) is the classifier's bias, on both heads of a
+    distilled timm model; the weights are drawn as always."""
+    bias = torch.linspace(-6.0, -1.0, 7, dtype=torch.float64)
+    model = create_model(name, 7, head_bias=bias.numpy())
+    heads = model.get_classifier()
+    for head in heads if isinstance(heads, tuple) else (heads,):
+        torch.testing.assert_close(head.bias.detach(), bias.float())
+        assert head.weight.std().item() == pytest.approx(0.01, rel=0.5)
+    with pytest.raises(ValueError, match="head_bias must hold 7 finite values"):
+        create_model(name, 7, head_bias=[0.0] * 6)
+    with pytest.raises(ValueError, match="head_bias must hold 7 finite values"):
+        create_model(name, 7, head_bias=[float("-inf")] + [0.0] * 6)
+
+
 def _group_ids(model: nn.Module, weight_decay: float) -> tuple[set[int], set[int]]:
     decay, no_decay = param_groups(model, weight_decay)
     assert decay["weight_decay"] == weight_decay and no_decay["weight_decay"] == 0.0

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import math
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
+from data.loader.labels import multi_hot_targets, pack_labels
 from pretrain.config import load_config
+from pretrain.engine import Engine, Normalizer, Progress, StepSettings
+from pretrain.loss import MultiLabelSoftmaxLoss
 from pretrain.schedule import ImageScheduler, LRSchedule
 
 
@@ -76,6 +82,39 @@ def test_scheduler_sets_every_group_and_resumes_at_the_same_point():
     assert resumed.images_seen == 512
     assert [g["lr"] for g in resumed_optimizer.param_groups] == [pytest.approx(lrs[7])] * 2
     assert [resumed.step(images) for images in range(576, 1_025, 64)] == lrs[8:]
+
+
+def test_the_scheduler_sets_the_lr_at_zero_images_when_built():
+    """The first optimiser step runs at lr_at(0), not at whatever lr the optimiser was built with
+    (pretraining and fine-tuning build it with 0)."""
+    optimizer = _optimizer()
+    ImageScheduler(optimizer, LRSchedule(peak_lr=0.3, total_images=1_000, decay_steps=0))
+    assert [g["lr"] for g in optimizer.param_groups] == [0.3, 0.3]
+    warm = _optimizer()
+    ImageScheduler(warm, LRSchedule(peak_lr=0.3, total_images=1_000, warmup_images=100))
+    assert [g["lr"] for g in warm.param_groups] == [0.0, 0.0]
+
+
+def test_the_first_engine_step_moves_the_weights_by_minus_lr_at_zero_times_the_gradient():
+    """Through the real engine step with plain SGD (no momentum, no weight decay, built with lr 0
+    as the trainer builds it): the update of step 1 is -lr_at(0) x the gradient of that batch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    before = copy.deepcopy(model)
+    schedule = LRSchedule(peak_lr=0.5, total_images=1_000, decay_steps=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.0, weight_decay=0.0, fused=True)
+    engine = Engine(model, optimizer, MultiLabelSoftmaxLoss(), StepSettings(5), torch.device("cpu"),
+                    ImageScheduler(optimizer, schedule))
+    images = torch.randint(0, 256, (4, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = [[0], [1, 2], [3], [4, 0]]
+    engine.step([{"image": images, "labels": pack_labels(labels)}], Progress(), global_batch=4)
+    # The oracle gradient: plain autograd on an untouched copy, same batch and loss.
+    targets = multi_hot_targets(pack_labels(labels), 5, torch.device("cpu"))
+    MultiLabelSoftmaxLoss()(before(Normalizer(torch.device("cpu"))(images)), targets).backward()
+    assert schedule.lr_at(0) == 0.5
+    for updated, original in zip(model.parameters(), before.parameters()):
+        assert original.grad.abs().max() > 0
+        torch.testing.assert_close(updated.detach() - original.detach(), -schedule.lr_at(0) * original.grad)
 
 
 def test_scheduler_state_loads_with_weights_only(tmp_path):
