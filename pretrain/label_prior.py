@@ -26,7 +26,8 @@ of label h. The stream the loss sees is the loader's after hashtag resampling (`
 
   the drawn hashtag's target p_h (the resampler's :func:`~data.loader.resampling.label_distribution`)
   plus the labels that come along with the drawn one. It is exact with one label per image
-  (π = p) and gives n_h / N at q = 1. The replication cap (``data.sampling.cap``) is left out.
+  (π = p) and gives n_h / N at q = 1. The replication cap (``data.sampling.cap``) is left out, and
+  so are a weighted mixture's set shares: its counts are the union's, as if one corpus.
 - no counts (shards without info.json): every label equally likely, one per image: π_h = 1/K, the
   bias −log(K − 1). This is the same formula with n_h = 1 and N = K.
 
