@@ -328,17 +328,20 @@ class LabelResampler:
                 copies += 1
             if not copies:
                 continue
+            if size == 1:  # every copy was drawn for its one label
+                sample[DRAWN_KEY] = label
+                yield sample
+                for _ in range(copies - 1):
+                    yield dict(sample)
+                continue
             for copy in range(copies):
                 out = sample if copy == 0 else dict(sample)
-                if size == 1:
-                    out[DRAWN_KEY] = label
-                else:  # h with probability n_h^(q-1) / w(I)
-                    left = drawn_random() * weight
-                    for drawn in labels:
-                        left -= weight_of[drawn]
-                        if left < 0:
-                            break
-                    out[DRAWN_KEY] = drawn
+                left = drawn_random() * weight  # h with probability n_h^(q-1) / w(I)
+                for drawn in labels:
+                    left -= weight_of[drawn]
+                    if left < 0:
+                        break
+                out[DRAWN_KEY] = drawn
                 yield out
 
     @staticmethod
