@@ -156,7 +156,7 @@ FACTORS = (
     Factor("loss", "loss", (
         Level("softmax", BASELINE, "softmax over all K hashtags, target 1/k on each of an image's k labels"),
         Level("sigmoid", Arm("sigmoid", loss="sigmoid"),
-              "one sigmoid + binary cross-entropy per hashtag; head init as the recipe's default"))),
+              "one sigmoid + binary cross-entropy per hashtag; head bias as the recipe's default (loss.bias_init)"))),
     Factor("noise", "label noise", (
         Level("0 %", BASELINE, "the clean world's labels"),
         Level("25 %", Arm("noise25", noise=0.25),
