@@ -40,8 +40,8 @@ per-rank BN batch.
 Cost: on 2 cores the 2026-11-26 run took 64 min for 21 pretraining cells of 60,000 images and 3
 random-trunk probes (docs/ablations.md): about 3.0 min per pretraining cell and 0.3 min per
 random-init cell, scaling with --pretrain-images. The defaults (12 configurations + 2 random-init
-references x 5 seeds = 70 cells) come to about 3 h, plus ~10 min to build the worlds and
-shards; the command prints its estimate when it starts.
+references x 5 seeds = 70 cells) come to about 3 h, plus the worlds and shards (guessed at ~10
+min, not measured at the defaults); the command prints its estimate when it starts.
 """
 from __future__ import annotations
 

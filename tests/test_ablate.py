@@ -85,7 +85,8 @@ def test_table_json_and_plot_hold_the_cells_and_their_statistics(ablation):
         tops = [json.loads((out / "cells" / f"{arm}-seed{s}" / "result.json").read_text())["linear"]["top1"]
                 for s in (0, 1)]
         mean, std = statistics.mean(tops), statistics.stdev(tops)  # sample std: n - 1
-        low, high = stats.t.interval(0.95, len(tops) - 1, loc=mean, scale=stats.sem(tops))
+        half = stats.t.ppf(0.975, len(tops) - 1) * stats.sem(tops)  # t.interval is nan for equal seeds
+        low, high = mean - half, mean + half
         assert data["summary"]["linear"][arm]["mean"] == pytest.approx(mean)
         assert data["summary"]["linear"][arm]["std"] == pytest.approx(std)
         assert data["summary"]["linear"][arm]["ci95"] == pytest.approx((high - low) / 2)
@@ -104,7 +105,8 @@ def test_the_claims_get_a_seed_paired_verdict_and_the_hashtag_metrics_their_cons
     top = {(c["arm"]["name"], c["seed"]): c["linear"]["top1"] for c in data["cells"]}
     differences = [top["baseline", s] - top["sigmoid", s] for s in (0, 1)]
     mean = statistics.mean(differences)
-    low, high = stats.t.interval(0.95, 1, loc=mean, scale=stats.sem(differences))
+    half = stats.t.ppf(0.975, 1) * stats.sem(differences)
+    low, high = mean - half, mean + half
     [claim] = data["verdicts"]["linear"]
     assert claim["better"] == "baseline" and claim["worse"] == "sigmoid" and claim["paired_seeds"] == [0, 1]
     assert claim["difference"] == pytest.approx(mean) and claim["ci95"] == pytest.approx([low, high])
