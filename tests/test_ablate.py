@@ -6,15 +6,19 @@ the real figures are in docs/ablations.md."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -65,7 +69,7 @@ def test_every_cell_ran_once_and_wrote_its_result(ablation):
     config = (out / "cells" / "sigmoid-seed1" / "pretrain" / "config.yaml").read_text()
     for line in ("name: sigmoid", "seed: 1", "total_images: 256", "grad_accum: 2", "image_size: 32"):
         assert re.search(rf"^\s*{line}$", config, re.M), line
-    for name in ("world-noise0", "vocab-noise0-full.json", "shards-noise0-full"):
+    for name in ("world-demo", "vocab-demo-full.json", "shards-demo-noise0-full"):
         assert (out / "inputs" / f"{name}.done").is_file(), name
 
 
@@ -74,19 +78,63 @@ def test_table_json_and_plot_hold_the_cells_and_their_statistics(ablation):
     data = json.loads((out / "ablations.json").read_text())
     assert {cell["cell"] for cell in data["cells"]} == CELLS
     table = (out / "ablations.md").read_text()
-    assert "linear probe top-1 (%), mean ± std" in table and "256 pretraining images" in table
+    assert "linear probe top-1 (%), mean ± 95 % CI" in table and "256 pretraining images" in table
     assert "python scripts/ablate.py --out" in table and "CPU cores (os.cpu_count()), no GPU" in table
     for arm, value in (("baseline", "softmax (baseline)"), ("sigmoid", "sigmoid"),
-                       ("random-init", "random-init trunk (no pretraining)")):
+                       ("random-init", "random-init trunk, demo world")):
         tops = [json.loads((out / "cells" / f"{arm}-seed{s}" / "result.json").read_text())["linear"]["top1"]
                 for s in (0, 1)]
         mean, std = statistics.mean(tops), statistics.stdev(tops)  # sample std: n - 1
+        half = stats.t.ppf(0.975, len(tops) - 1) * stats.sem(tops)  # t.interval is nan for equal seeds
+        low, high = mean - half, mean + half
         assert data["summary"]["linear"][arm]["mean"] == pytest.approx(mean)
         assert data["summary"]["linear"][arm]["std"] == pytest.approx(std)
-        row = f"| {value} | {mean:.1f} ± {std:.1f} | 2 | 0: {tops[0]:.1f}, 1: {tops[1]:.1f} |"
-        assert row in table, (row, table)
-    assert "resampling" not in table and "label noise" not in table  # --only loss
+        assert data["summary"]["linear"][arm]["ci95"] == pytest.approx((high - low) / 2)
+        row = f" | {mean:.1f} ± {(high - low) / 2:.1f} | 2 | 0: {tops[0]:.1f}, 1: {tops[1]:.1f} |"
+        assert f"| {value} |" in table and row in table, (row, table)
+    assert "resampling" not in table and "| label noise" not in table  # --only loss
     assert (out / "ablations.png").read_bytes()[:8] == PNG
+
+
+def test_the_claims_get_a_seed_paired_verdict_and_the_hashtag_metrics_their_constant_guesses(ablation):
+    """Softmax vs sigmoid: the difference of the seed-paired top-1s with its 95 % t interval (scipy as
+    the oracle) and the verdict the interval implies; precision@1 beside the constant guess read from
+    the val shards by hand."""
+    out, _ = ablation
+    data = json.loads((out / "ablations.json").read_text())
+    top = {(c["arm"]["name"], c["seed"]): c["linear"]["top1"] for c in data["cells"]}
+    differences = [top["baseline", s] - top["sigmoid", s] for s in (0, 1)]
+    mean = statistics.mean(differences)
+    half = stats.t.ppf(0.975, 1) * stats.sem(differences)
+    low, high = mean - half, mean + half
+    [claim] = data["verdicts"]["linear"]
+    assert claim["better"] == "baseline" and claim["worse"] == "sigmoid" and claim["paired_seeds"] == [0, 1]
+    assert claim["difference"] == pytest.approx(mean) and claim["ci95"] == pytest.approx([low, high])
+    assert claim["verdict"] == ("holds" if low > 0 else "reversed" if high < 0 else "not resolved at this scale")
+    table = (out / "ablations.md").read_text()
+    line = f"| softmax beats the per-hashtag sigmoid | **{claim['verdict']}** | baseline − sigmoid: {mean:+.1f}"
+    assert line in table
+    labels = []
+    for tar in (out / "inputs" / "shards-demo-noise0-full").glob("val-*.tar"):
+        with tarfile.open(tar) as archive:
+            labels += [json.load(archive.extractfile(m))["labels"] for m in archive if m.name.endswith(".json")]
+    labelled = [set(x) for x in labels if x]
+    most = Counter(label for x in labelled for label in x).most_common(1)[0][1]
+    baselines = data["hashtag_baselines"]["shards-demo-noise0-full"]
+    assert baselines["precision_at_1"] == pytest.approx(most / len(labelled))
+    assert f"| {baselines['precision_at_1']:.3f} |" in table
+
+
+def test_each_cell_records_when_it_ran_and_the_table_says_which_parts_ran_when(ablation):
+    out, _ = ablation
+    table = (out / "ablations.md").read_text()
+    for cell in CELLS:
+        ran = json.loads((out / "cells" / cell / "result.json").read_text())["ran"]
+        assert ran["started"] <= ran["finished"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ran["finished"])
+    days = {json.loads((out / "cells" / c / "result.json").read_text())["ran"]["finished"][:10] for c in CELLS}
+    for day in days:
+        assert re.search(rf"^- {day}: \d+ cell\(s\): ", table, re.M), table
 
 
 def test_rerun_reuses_finished_cells_and_deleting_a_result_reruns_only_that_cell(ablation):
@@ -147,5 +195,46 @@ def test_other_settings_into_the_same_out_are_refused_with_one_line(ablation):
 def test_unknown_factor_is_one_error_line(tmp_path):
     result = run_ablate(tmp_path / "out", "--only", "q,lr")
     assert result.returncode == 2 and result.stderr.strip() == (
-        "error: --only 'q,lr': unknown factor lr; use a comma-separated subset of q,loss,noise,vocab")
+        "error: --only 'q,lr': unknown factor lr; use a comma-separated subset of q,loss,noise,vocab,longtail")
     assert not (tmp_path / "out").exists()
+
+
+def load_ablate():
+    spec = importlib.util.spec_from_file_location("ablate", REPO / "scripts" / "ablate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("ablate", module)  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return sys.modules["ablate"]
+
+
+def test_the_sampling_rows_include_natural_and_say_what_they_mean_and_sigmoid_keeps_the_recipe_init(tmp_path):
+    """The natural cell streams the shards with no resampler (data.sampling.q=null), q = 1 is a
+    different row, and every sampling row says in words what it does with multi-label images; the
+    sigmoid cell overrides only loss.name (the head init stays the recipe's)."""
+    ablate = load_ablate()
+    for key in ("q", "longtail"):
+        factor = next(f for f in ablate.FACTORS if f.key == key)
+        assert [level.arm.q for level in factor.levels] == [None, 1.0, 0.5, 0.0]
+        natural, q1 = factor.levels[0], factor.levels[1]
+        assert "once per pass" in natural.meaning and "label" in q1.meaning and "weighted" in q1.meaning
+    args = ablate.parse_args(["--out", str(tmp_path)])
+    settings = ablate.Settings(1, 1, 256, None, 1, 1, 1, False, {})
+    recipe = ablate.config_from_dict(ablate.resolved_recipes()["pretrain"])
+    ab = ablate.Ablation(ablate.Layout(tmp_path), args, settings, recipe, 1, 2, ablate.Processes())
+    natural = ablate.pretrain_command(ablate.Cell(next(a for a in ablate.arms_of(ablate.FACTORS)
+                                                       if a.name == "natural"), 0), ab)
+    assert "data.sampling.q=null" in natural
+    sigmoid = ablate.pretrain_command(ablate.Cell(ablate.Arm("sigmoid", loss="sigmoid"), 0), ab)
+    assert [option for option in sigmoid if option.startswith("loss.")] == ["loss.name=sigmoid"]
+    assert args.seeds == [0, 1, 2, 3, 4]
+
+
+def test_the_default_run_states_its_cost():
+    """--help states the default run's cell count and time from the measured minutes per cell."""
+    ablate = load_ablate()
+    cells = [ablate.Cell(arm, seed) for seed in range(5) for arm in ablate.arms_of(ablate.FACTORS)]
+    assert len(cells) == 70
+    minutes = ablate.estimate_minutes(cells, 60_000)
+    assert minutes == pytest.approx(60 * 3.0 + 10 * 0.3)
+    help_text = run_ablate(REPO / "runs" / "unused", "--help").stdout
+    assert "70 cells" in help_text and "about 3 h" in help_text

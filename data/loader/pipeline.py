@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data.errors import UserError
 from data.images.decode import DEFAULT_MAX_PIXELS
 from data.loader.labels import pack_labels
+from data.loader.resampling import DRAWN_KEY, LabelResampler
 from data.loader.order import finite_shards, resampled_shards
 from data.shards.directory import ShardSource, resolve_shards
 from data.loader.shared_counts import SharedCounts
@@ -160,6 +161,8 @@ class ShardStream(IterableDataset):
         self.epoch = SharedEpoch()
         self.skips = SkipCounter(slots, config.log_every_s)
         self.label_counts = SharedCounts(slots, plan.num_labels) if plan.num_labels else None
+        resampled = plan.mode == "train" and config.sampling_q is not None
+        self.drawn_counts = SharedCounts(slots, plan.num_labels) if plan.num_labels and resampled else None
         self.transform = _transform(config, plan.mode)
         self._resampler: Any = None
         self._shard_weights = source.shard_weights()
@@ -198,7 +201,7 @@ class ShardStream(IterableDataset):
         if plan.worker_batches is not None:
             batches = islice(batches, plan.worker_batches)
         for batch in batches:
-            self._count_labels(worker, batch["labels"])
+            self._count_labels(worker, batch["labels"], batch.pop("drawn_labels", None))
             yield batch
 
     def _shards(self, worker: int, num_workers: int, epoch: int, seed: int) -> Iterable[str]:
@@ -211,8 +214,6 @@ class ShardStream(IterableDataset):
 
     def _resample(self, samples: Iterable[dict], seed: int) -> Iterator[dict]:
         if self._resampler is None:  # once per worker: its counters outlive epochs
-            from data.loader.resampling import LabelResampler  # noqa: PLC0415 - only when resampling
-
             self._resampler = LabelResampler(self.source.label_counts, q=self.config.sampling_q,
                                              cap=self.config.sampling_cap,
                                              num_images=self.source.num_samples, set_means=self._set_means())
@@ -233,6 +234,8 @@ class ShardStream(IterableDataset):
     def _collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {"keys": [s["__key__"] for s in samples],
                                  "labels": pack_labels([s["labels"] for s in samples])}
+        # The hashtag each sample was drawn for (-1 when not resampled); counted and dropped by __iter__.
+        batch["drawn_labels"] = np.array([s.get(DRAWN_KEY, -1) for s in samples], dtype=np.int64)
         if "pixels" in samples[0]:
             batch["image"] = torch.stack([s["pixels"] for s in samples])
         else:
@@ -240,10 +243,12 @@ class ShardStream(IterableDataset):
                          flips=[s["flip"] for s in samples])
         return batch
 
-    def _count_labels(self, worker: int, labels: torch.Tensor) -> None:
+    def _count_labels(self, worker: int, labels: torch.Tensor, drawn: np.ndarray | None) -> None:
         if self.label_counts is not None:
             ids = labels[labels >= 0].numpy()
             np.add.at(self.label_counts.row(worker), ids[ids < self.label_counts.columns], 1)
+        if self.drawn_counts is not None and drawn is not None:
+            np.add.at(self.drawn_counts.row(worker), drawn[(drawn >= 0) & (drawn < self.drawn_counts.columns)], 1)
 
 
 class _Progress:
@@ -355,6 +360,12 @@ class Loader:
     def realised_label_counts(self) -> np.ndarray | None:
         """Per label, the images carrying it delivered so far by this rank (after resampling)."""
         counts = self.stream.label_counts
+        return None if counts is None else counts.totals()
+
+    def drawn_label_counts(self) -> np.ndarray | None:
+        """Per label, the delivered samples drawn for it by the resampler (data/loader/resampling.py:
+        what the sampler controls, p_h ∝ n_h^q); None when not resampling."""
+        counts = self.stream.drawn_counts
         return None if counts is None else counts.totals()
 
 

@@ -27,6 +27,14 @@ P(I) = π_i w(I) / Z_i for I in set i, Z_i = N_i mean_w_i; with π_i ∝ Z_i
 (:func:`union_target_weights`) it is w(I) / Σ_h n_h^q, exactly the single-corpus resampling of
 the union towards p_h ∝ n_h^q. :func:`mixture_label_distribution` gives the label shares any
 other weights aim at.
+
+Each emitted copy also names the hashtag it was drawn for (``sample["drawn_label"]``): among the
+image's labels, h with probability n_h^(q−1)/w(I), the conditional of the hashtag-then-image draw
+given the image, so over the stream the drawn hashtags follow p_h ∝ n_h^q (uncapped; for a mixture,
+exactly :func:`mixture_label_distribution`, multi-label images included) while all labels of the
+emitted images do not (an image carries its other labels along). This is what the sampler
+controls; the loader counts it per label (``Loader.drawn_label_counts``). The attribution uses its
+own random stream, so the emitted copies are the same with or without it.
 """
 from __future__ import annotations
 
@@ -40,6 +48,8 @@ from data.errors import UserError
 from data.skip_report import SkipReport
 
 Labels = Sequence[int]
+#: the sample field naming the hashtag an emitted copy was drawn for
+DRAWN_KEY = "drawn_label"
 
 
 def _is_int(value: Any) -> bool:
@@ -224,7 +234,8 @@ class LabelResampler:
 
     Every input sample is emitted ⌊r⌋ times plus once more with probability r − ⌊r⌋, where
     r = min(w(I)/mean_w, cap) (:func:`image_weights`, :func:`mean_image_weight`). The first copy is
-    the input dict itself, extra copies are shallow copies (the image bytes are shared). Images with
+    the input dict itself, extra copies are shallow copies (the image bytes are shared); each copy
+    carries the hashtag it was drawn for under ``drawn_label`` (the module docstring). Images with
     no label carry no hashtag, so the hashtag-then-image draw never picks them: their rate is 0;
     they are counted in ``skipped`` under ``no_label``. A label id outside the counts, or one the
     counts give 0 images, is an error: the counts then describe other data.
@@ -265,8 +276,9 @@ class LabelResampler:
         """Restart the random stream; the loader passes e.g. (seed, rank, worker, epoch)."""
         # Re-seed in place: a running stream (persistent workers) holds this generator's methods.
         if not hasattr(self, "_rng"):
-            self._rng = random.Random()
+            self._rng, self._drawn_rng = random.Random(), random.Random()
         self._rng.seed(_seed_int(seed))
+        self._drawn_rng.seed(_seed_int(seed) ^ 0x5EED)  # another stream: emission does not depend on it
 
     def _weight(self, labels: Labels, where: str) -> float:
         total = 0.0
@@ -285,6 +297,7 @@ class LabelResampler:
         set_means, set_key = self.set_means, self.set_key
         cap = math.inf if self.cap is None else self.cap
         random_ = self._rng.random
+        drawn_random = self._drawn_rng.random
         for sample in samples:
             try:
                 labels = sample[key]
@@ -315,9 +328,21 @@ class LabelResampler:
                 copies += 1
             if not copies:
                 continue
-            yield sample
-            for _ in range(copies - 1):
-                yield dict(sample)
+            if size == 1:  # every copy was drawn for its one label
+                sample[DRAWN_KEY] = label
+                yield sample
+                for _ in range(copies - 1):
+                    yield dict(sample)
+                continue
+            for copy in range(copies):
+                out = sample if copy == 0 else dict(sample)
+                left = drawn_random() * weight  # h with probability n_h^(q-1) / w(I)
+                for drawn in labels:
+                    left -= weight_of[drawn]
+                    if left < 0:
+                        break
+                out[DRAWN_KEY] = drawn
+                yield out
 
     @staticmethod
     def _name(sample: Any) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from data.images.decode import ImageSkip
+from data.loader.resampling import DRAWN_KEY
 from data.loader.skips import SkipCounter
 from data.loader.transforms import Transform, header_box
 from data.tar_member import IMAGE_SUFFIXES
@@ -69,14 +70,16 @@ def parse_labels(data: bytes) -> list[int]:
 
 def decoded_samples(samples: Iterable[dict[str, Any]], transform: Transform, rng: np.random.Generator,
                     skips: SkipCounter) -> Iterator[dict[str, Any]]:
-    """Adds ``pixels`` (``3 x size x size`` uint8 tensor) to each sample whose image decodes."""
+    """Adds ``pixels`` (``3 x size x size`` uint8 tensor) to each sample whose image decodes; keeps
+    the hashtag the resampler drew it for (``drawn_label``, -1 when not resampled)."""
     for sample in samples:
         try:
             pixels = transform(sample["image"], rng)
         except ImageSkip as skip:
             skips.add(skip.reason, _where(sample), skip.detail)
             continue
-        yield {"__key__": sample["__key__"], "labels": sample["labels"], "pixels": pixels}
+        yield {"__key__": sample["__key__"], "labels": sample["labels"], "pixels": pixels,
+               DRAWN_KEY: sample.get(DRAWN_KEY, -1)}
 
 
 def boxed_samples(samples: Iterable[dict[str, Any]], transform: Transform, rng: np.random.Generator,
@@ -90,4 +93,4 @@ def boxed_samples(samples: Iterable[dict[str, Any]], transform: Transform, rng: 
             skips.add(skip.reason, _where(sample), skip.detail)
             continue
         yield {"__key__": sample["__key__"], "labels": sample["labels"], "jpeg": sample["image"],
-               "box": box, "flip": flip}
+               "box": box, "flip": flip, DRAWN_KEY: sample.get(DRAWN_KEY, -1)}

@@ -91,6 +91,11 @@ _SYLLABLES = ("ka", "lo", "mi", "ra", "tes", "on", "bel", "ju", "na", "vik", "sa
 # the tag settings, and no draw depends on which worker made it.
 _SCENE, _TAGS, _META, _USER, DOWNSTREAM_STREAM = range(5)
 
+# The --long-tail world's Zipf exponent: over the 48 concepts the head is 48^2 ~ 2,300 times as
+# frequent as the rarest concept (measured from a 60k-photo world's rows: ~1,800:1, the rarest
+# downstream class on ~20 tagged photos, docs/synthetic.md).
+LONG_TAIL_ZIPF = 2.0
+
 # Realism rates of the metadata (fractions of rows).
 VIDEO_RATE = 0.005
 UNTAGGED_RATE = 0.02

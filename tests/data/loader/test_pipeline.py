@@ -239,6 +239,25 @@ def test_hashtag_resampling_flattens_the_label_distribution(tmp_path):
         assert abs(counts[1] / counts.sum() - target) < 0.1, counts
 
 
+def test_the_loader_counts_the_drawn_hashtag_apart_from_all_labels_of_the_sampled_images(tmp_path):
+    """Label 0 on every image, label 1 also on 10 %: q=0 draws each hashtag half the time, so the
+    drawn hashtags are ~50/50 while all labels of the sampled images are ~2/3 label 0 (a sample drawn
+    for label 1 carries label 0 along). Over 1,600 delivered samples (2 workers) each share is within
+    0.1 of its expectation (standard errors ~0.02); without resampling nothing is drawn."""
+    shards = [[Sample(f"b{s}_{i}", [0] if i % 10 else [0, 1]) for i in range(50)] for s in range(4)]
+    root = write_shard_dir(tmp_path / "multi", shards, num_labels=2, size=(24, 20))
+    base = LoaderConfig(batch_size=16, num_workers=2, image_size=8, epoch_images=1600, shuffle_buffer=200)
+    flat = create_loader(root, LoaderConfig(**{**base.__dict__, "sampling_q": 0.0}))
+    assert len(list(flat)) == 100
+    drawn, carried = flat.drawn_label_counts(), flat.realised_label_counts()
+    assert drawn.sum() == 1600 and abs(drawn[1] / drawn.sum() - 0.5) < 0.1, drawn
+    assert abs(carried[1] / carried.sum() - 1 / 3) < 0.1 and carried[0] == 1600, carried
+    natural = create_loader(root, base)
+    assert len(list(natural)) == 100 and natural.drawn_label_counts() is None
+    assert all("drawn_labels" not in batch for batch in create_loader(root, LoaderConfig(
+        **{**base.__dict__, "sampling_q": 0.5, "epoch_images": 64})))
+
+
 def test_reads_shards_written_by_the_shard_builder(tmp_path):
     rng = np.random.default_rng(1)
     (tmp_path / "img").mkdir()

@@ -34,7 +34,7 @@ from PIL import Image
 
 from data.atomic_write import write_json
 from data.errors import UserError
-from data.loader.resampling import (LabelResampler, image_weights, label_distribution, label_weights,
+from data.loader.resampling import (DRAWN_KEY, LabelResampler, image_weights, label_distribution, label_weights,
                                     mean_image_weight, total_variation)
 
 QS = (1.0, 0.5, 0.0)
@@ -224,6 +224,36 @@ def test_multi_label_images_emitted_in_proportion_to_weight(q: float) -> None:
     deviation = np.abs(emitted.draws(corpus, counts, q) - expected)
     sd = draw_sd(corpus, counts, q, rates, passes)
     assert np.all(deviation <= Z_SUM * sd + 1e-6), (deviation, sd)
+
+
+@pytest.mark.parametrize("q", QS)
+def test_each_copy_names_the_hashtag_it_was_drawn_for_and_those_follow_the_target(q: float) -> None:
+    """Every emitted copy carries ``drawn_label``, one of its own labels, h with probability
+    n_h^(q−1)/w(I); counted over the stream the drawn hashtags are passes·N·p_h within z·sd, where sd
+    adds the categorical variance of each copy's draw to the emission variance (draw_sd)."""
+    corpus = multi_label_corpus(10, 60, seed=4)
+    counts = np.bincount(np.concatenate(corpus), minlength=10)
+    passes = 3000
+    resampler = LabelResampler(counts, q=q, seed=12, num_images=len(corpus))
+    by_key = {s["__key__"]: labels for s, labels in zip(as_samples(corpus), corpus)}
+    drawn = np.zeros(10)
+    for sample in resampler(sample for _ in range(passes) for sample in as_samples(corpus)):
+        assert sample[DRAWN_KEY] in by_key[sample["__key__"]]
+        drawn[sample[DRAWN_KEY]] += 1
+    rates = expected_rates(corpus, counts, q)
+    weights, image_w = label_weights(counts, q), image_weights(corpus, counts, q)
+    categorical = np.zeros(10)
+    for labels, rate, w in zip(corpus, rates, image_w):
+        share = weights[labels] / w
+        categorical[labels] += passes * rate * share * (1 - share)
+    sd = np.sqrt(draw_sd(corpus, counts, q, rates, passes) ** 2 + categorical)
+    expected = passes * len(corpus) * label_distribution(counts, q)
+    assert np.all(np.abs(drawn - expected) <= Z_SUM * sd + 1e-6), ((drawn - expected) / sd)
+    # All labels of the emitted images do not follow the target (they carry their other labels along).
+    carried = np.zeros(10)
+    for labels, rate in zip(corpus, rates):
+        carried[labels] += passes * rate
+    assert total_variation(carried, expected) > 5 * total_variation(drawn, expected)
 
 
 def test_real_flickr_tag_distribution(shared_data: Path) -> None:
