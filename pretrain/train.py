@@ -476,22 +476,26 @@ class Trainer:
         return summary
 
     def _label_distribution(self) -> dict[str, float]:
-        """Realised (all ranks) vs natural label counts: a plot and its total-variation distance."""
+        """All labels of the delivered images and, when resampling, the drawn hashtags (all ranks) vs
+        the natural counts and the target: a plot, and the sampler's total-variation distance."""
         realised = self.loader.realised_label_counts()
         if realised is None or self.source.label_counts is None:
             return {}
-        counts = torch.as_tensor(np.asarray(realised, dtype=np.int64), device=self.info.device)
+        drawn = self.loader.drawn_label_counts()  # None without resampling, on every rank alike
+        rows = [realised] if drawn is None else [realised, drawn]
+        counts = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.info.device)
         if self.info.distributed:
             dist.all_reduce(counts)
         if not self.info.is_main:
             return {}
-        realised_total = counts.cpu().numpy()
+        totals = counts.cpu().numpy()
+        realised_total, drawn_total = totals[0], (totals[1] if drawn is not None else None)
         q = self.config.data.sampling.q
         target = target_shares(self.source, q)
         png = plot_label_distribution(realised_total, self.source.label_counts, target, target_name(self.source, q),
-                                      self.run_dir / LABEL_PLOT)
+                                      self.run_dir / LABEL_PLOT, drawn=drawn_total)
         self.tracker.log_image("plot/label_distribution", png, step=self.progress.step)
-        return {"label_distribution_tv": realised_vs_target(realised_total, target)}
+        return {"label_distribution_tv": realised_vs_target(realised_total, target, drawn=drawn_total)}
 
     def _say(self, message: str) -> None:
         if self.info.is_main:
