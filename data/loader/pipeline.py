@@ -295,9 +295,9 @@ def _transform(config: LoaderConfig, mode: str) -> TrainTransform | EvalTransfor
 
 
 class Loader:
-    """Iterate for batches ``{"image": uint8 N x 3 x S x S, "labels": int64 N x L (-1 padded),
-    "keys": [str]}``. Call :meth:`set_epoch` before each epoch (an epoch iterated twice without it
-    moves on to the next epoch by itself, so a forgotten call never repeats an order)."""
+    """Iterate for batches ``{"image": uint8 N x 3 x S x S (channels-last memory), "labels": int64
+    N x L (-1 padded), "keys": [str]}``. Call :meth:`set_epoch` before each epoch (an epoch iterated
+    twice without it moves on to the next epoch by itself, so a forgotten call never repeats an order)."""
 
     def __init__(self, stream: ShardStream, dataloader: DataLoader,
                  device_decode: Callable[[dict[str, Any]], dict[str, Any]] | None) -> None:

@@ -6,15 +6,17 @@ Both choose their box from the image *header* before any pixel is decoded, which
 
 - the pixel-count limit is enforced before decoding (hostile headers cost nothing);
 - a JPEG is decoded at a reduced DCT scale (PIL ``draft``: 1/2, 1/4 or 1/8) whenever the box still
-  has at least the output size in pixels at that scale; the box is then cropped and resized in one
-  call (torchvision's uint8 bilinear kernel, antialiased). The result equals
+  has at least the output size in pixels at that scale; only the box's pixels are then copied out
+  of Pillow and resized (torchvision's uint8 bilinear kernel, antialiased). The result equals
   decode-then-crop-then-resize up to the difference between libjpeg's DCT downscale and a bilinear
   downscale: on real photos tests/data/loader/test_transforms.py measures a mean absolute difference
   below 3 grey levels (of 255) at 56 px output and below 0.5 at 224 px, where the draft rarely
   applies.
 
 No float conversion and no normalisation: uint8 leaves the worker (4x less to copy between
-processes), and the trainer normalises on its device. Images in openwsl shards are upright RGB
+processes), and the trainer normalises on its device. Images and batches are channels-last in
+memory (NHWC strides), the layout torch's uint8 resize works in and the trainer's convolutions
+want, so no stage transposes pixels. Images in openwsl shards are upright RGB
 (the shard builder applies EXIF orientation), so orientation is not re-applied here.
 """
 from __future__ import annotations
