@@ -1,4 +1,4 @@
-"""Benchmark: the streaming loader vs plain webdataset and torchvision's classic ImageFolder pipeline, same run, same workers.
+"""Benchmark: the streaming loader vs plain webdataset and torchvision's ImageFolder, same run and workers.
 
 Input: the real photos of ../shared/data/imagenet_samples (250) and hymenoptera (398, train and
 val), replicated to --images inputs (a JPEG comment makes each replica's bytes differ, so the shard
@@ -218,7 +218,8 @@ def cpu_ms(run: Callable[[], int], repeats: int) -> float:
     return best * 1e3
 
 
-def stage_breakdown(shards: Path, workers_cpu_ms: float, workers: int, batch_size: int, repeats: int) -> dict[str, float]:
+def stage_breakdown(shards: Path, workers_cpu_ms: float, workers: int, batch_size: int,
+                    repeats: int) -> dict[str, float]:
     """CPU ms per image of each stage of our loader, each measured alone in this process on one
     thread with the loader's own functions over the bench's shards (best of ``repeats``), then the
     whole stream in this process (``num_workers=0``, one worker's share of the epoch) and in the
@@ -383,7 +384,8 @@ def main() -> int:
               f"{bare_cpu * 1e3:.2f} ms (shard bytes), ours per worker "
               f"{ours_cpu * 1e3:.2f} ms ({unverified_cpu * 1e3:.2f} ms with verify_shards=False; sha256 of "
               f"the shards alone {sha256_cpu * 1e3:.3f} ms), webdataset {cpu['webdataset'] * 1e3:.2f} ms, "
-              f"classic {cpu['classic'] * 1e3:.2f} ms (same bytes {cpu['classic_same_bytes'] * 1e3:.2f} ms)", flush=True)
+              f"classic {cpu['classic'] * 1e3:.2f} ms (same bytes {cpu['classic_same_bytes'] * 1e3:.2f} ms)",
+              flush=True)
         print(f"ours, CPU ms per image by stage: {stages}", flush=True)
         print(f"ours skipped: {ours_images.skip_counts()}", flush=True)
     result = {"bench": "loader", "ours": round(ours, 1), "baseline": round(classic_rate, 1), "unit": "img/s",
