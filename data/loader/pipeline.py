@@ -51,7 +51,7 @@ from data.loader.shard_digests import ShardDigests
 from data.loader.skips import SkipCounter
 from data.loader.samples import boxed_samples, decoded_samples, labelled_samples
 from data.loader.tar_samples import tar_samples
-from data.loader.transforms import EvalTransform, TrainTransform
+from data.loader.transforms import EvalTransform, TrainTransform, stack_images
 
 MODES = ("train", "eval")
 DECODERS = ("cpu", "cuda", "auto")
@@ -237,7 +237,7 @@ class ShardStream(IterableDataset):
         # The hashtag each sample was drawn for (-1 when not resampled); counted and dropped by __iter__.
         batch["drawn_labels"] = np.array([s.get(DRAWN_KEY, -1) for s in samples], dtype=np.int64)
         if "pixels" in samples[0]:
-            batch["image"] = torch.stack([s["pixels"] for s in samples])
+            batch["image"] = stack_images([s["pixels"] for s in samples])
         else:
             batch.update(jpeg=[s["jpeg"] for s in samples], boxes=[s["box"] for s in samples],
                          flips=[s["flip"] for s in samples])
@@ -295,9 +295,9 @@ def _transform(config: LoaderConfig, mode: str) -> TrainTransform | EvalTransfor
 
 
 class Loader:
-    """Iterate for batches ``{"image": uint8 N x 3 x S x S, "labels": int64 N x L (-1 padded),
-    "keys": [str]}``. Call :meth:`set_epoch` before each epoch (an epoch iterated twice without it
-    moves on to the next epoch by itself, so a forgotten call never repeats an order)."""
+    """Iterate for batches ``{"image": uint8 N x 3 x S x S (channels-last memory), "labels": int64
+    N x L (-1 padded), "keys": [str]}``. Call :meth:`set_epoch` before each epoch (an epoch iterated
+    twice without it moves on to the next epoch by itself, so a forgotten call never repeats an order)."""
 
     def __init__(self, stream: ShardStream, dataloader: DataLoader,
                  device_decode: Callable[[dict[str, Any]], dict[str, Any]] | None) -> None:

@@ -1,4 +1,4 @@
-"""Benchmark: the streaming loader vs torchvision's classic ImageFolder pipeline, same run, same workers.
+"""Benchmark: the streaming loader vs plain webdataset and torchvision's ImageFolder, same run and workers.
 
 Input: the real photos of ../shared/data/imagenet_samples (250) and hymenoptera (398, train and
 val), replicated to --images inputs (a JPEG comment makes each replica's bytes differ, so the shard
@@ -19,7 +19,12 @@ Timed over every input once per round after a warm-up batch (worker start-up exc
   image it holds (the shards in the page cache, as the loader's second read finds them).
 - classic (the ratio's baseline): ``ImageFolder`` over the *original* photos + ``Compose([
   RandomResizedCrop(224), RandomHorizontalFlip(), ToTensor(), Normalize(...)])`` + ``DataLoader``
-  (shuffle): what a user without shards runs.
+  (shuffle, persistent workers): what a user without shards runs.
+- webdataset: the pipeline a user would otherwise write for these shards, as open_clip's data.py
+  does: ``wds.WebDataset(urls, shardshuffle=...).shuffle(2000, initial=500).decode("pil")`` +
+  ``RandomResizedCrop(224)``, ``RandomHorizontalFlip()``, ``ToTensor()``, batched in the workers,
+  over the same shard bytes: ``ratio_webdataset`` = ours / webdataset (wall clock),
+  ``cpu_ratio_webdataset`` the same in worker CPU time per image.
 - classic_same_bytes: the same classic pipeline over the shards' own 288 px JPEGs extracted to a
   folder, which isolates the pipeline from the smaller stored images (reported, not the ratio).
 - bare decode: one process, ``Image.open(...).convert("RGB")`` of image bytes already in memory,
@@ -34,6 +39,12 @@ Timed over every input once per round after a warm-up batch (worker start-up exc
   On a shared machine the workers may not get a core each, so ``cpu_decode_fraction*`` give the
   same ratios in CPU time (bare decode CPU ms per image / ours' workers' CPU ms per image, /proc).
 
+CPU time per image of every pipeline's workers (/proc, best of --repeats epochs) is reported
+beside the wall-clock rates (``cpu_ms_per_image``), and ours is broken down by stage
+(``ours_cpu_ms_per_image_by_stage``, :func:`stage_breakdown`): each stage measured alone in this
+process on one thread with the loader's own functions, then the whole stream in this process and
+in the workers.
+
 The last line is {"bench": "loader", "ours": img/s, "baseline": classic img/s, "unit": "img/s",
 "ratio": ours/classic, "decode_fraction": ..., ...}.
 """
@@ -44,6 +55,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import sys
 import tarfile
 import tempfile
@@ -53,13 +65,19 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+import webdataset as wds
 from PIL import Image
 from torchvision import datasets, transforms
 
 from data.corpus.table import TableReader
 from data.errors import cli_main
-from data.images.decode import DEFAULT_SHORT_SIDE
+from data.images.decode import DEFAULT_SHORT_SIDE, open_untrusted, to_rgb
+from data.loader.labels import pack_labels
 from data.loader.pipeline import LoaderConfig, create_loader
+from data.loader.samples import labelled_samples
+from data.loader.skips import SkipCounter
+from data.loader.tar_samples import tar_samples
+from data.loader.transforms import TrainTransform, crop_pixels, resize_flip, stack_images
 from data.shards.build import BuildConfig, build_shards
 from data.vocab.vocabulary import Label, Vocabulary
 
@@ -143,14 +161,15 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_cpu_per_image(loader, images: int) -> tuple[float, int]:
-    """One epoch of ``loader``; returns (CPU seconds its workers spent per image, images). CPU time,
-    unlike wall time, does not depend on what else runs on a shared machine."""
-    iterator = iter(loader.dataloader)
+def worker_cpu_per_image(dataloader, images_of) -> tuple[float, int]:
+    """One epoch of a DataLoader with persistent workers; returns (CPU seconds its workers spent
+    per image, images). CPU time, unlike wall time, does not depend on what else runs on a shared
+    machine."""
+    iterator = iter(dataloader)
     # The persistent workers' processes: a private attribute of torch's iterator, read-only here.
     pids = [w.pid for w in iterator._workers]
     before = sum(process_cpu_seconds(pid) for pid in pids)
-    count = sum(batch["image"].shape[0] for batch in iterator)
+    count = sum(images_of(batch) for batch in iterator)
     return (sum(process_cpu_seconds(pid) for pid in pids) - before) / count, count
 
 
@@ -172,7 +191,120 @@ def classic_loader(folder: Path, workers: int, batch_size: int) -> torch.utils.d
     transform = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
                                     transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     dataset = datasets.ImageFolder(str(folder), transform=transform)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       persistent_workers=True)
+
+
+def webdataset_loader(shards: Path, workers: int, batch_size: int) -> torch.utils.data.DataLoader:
+    """The pipeline a user would otherwise write for these shards, as open_clip's data.py does:
+    plain webdataset (shard shuffle, sample shuffle buffer, ``decode("pil")``) + torchvision
+    RandomResizedCrop / flip / ToTensor, batched in the workers, the same workers and batch size."""
+    transform = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                                    transforms.ToTensor()])
+    urls = sorted(str(p) for p in shards.glob("train-*.tar"))
+    dataset = (wds.WebDataset(urls, shardshuffle=len(urls), seed=0).shuffle(2000, initial=500).decode("pil")
+               .to_tuple("jpg", "json").map_tuple(transform, lambda info: info["labels"])
+               .batched(batch_size, partial=False))
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=True)
+
+
+def cpu_ms(run: Callable[[], int], repeats: int) -> float:
+    """Best over ``repeats`` of the CPU ms per item of ``run`` (which returns its item count)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        count = run()
+        best = min(best, (time.process_time() - start) / count)
+    return best * 1e3
+
+
+def stage_breakdown(shards: Path, workers_cpu_ms: float, workers: int, batch_size: int,
+                    repeats: int) -> dict[str, float]:
+    """CPU ms per image of each stage of our loader, each measured alone in this process on one
+    thread with the loader's own functions over the bench's shards (best of ``repeats``), then the
+    whole stream in this process (``num_workers=0``, one worker's share of the epoch) and in the
+    workers. ``shuffle_buffer_fill`` is the stream less the same stream with a one-sample shuffle
+    buffer: the samples each epoch reads into the buffer but never yields (each epoch starts a new
+    buffer, so an epoch of E images per worker reads about min(E + 2000, 2E) + 500 samples: this
+    is large only at the bench's short epochs). ``in_process_other`` is the stream less all stages
+    (generator layers, label counts, per-epoch set-up); ``worker_hand_off`` is the workers' CPU
+    less the in-process stream (the queue and shared memory of the hand-off to the training
+    process)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        urls = sorted(str(p) for p in shards.glob("train-*.tar"))
+        skips = SkipCounter(1, 3600.0)
+        skips.bind(0)
+        raw = list(tar_samples(urls, skips))
+        labelled = list(labelled_samples(raw, None, skips))
+        transform = TrainTransform(224)
+        rng = np.random.default_rng(0)
+        chosen = []
+        for sample in labelled:
+            with open_untrusted(sample["image"], transform.max_pixels) as image:
+                chosen.append(transform.box(*image.size, rng))
+        loaded = []
+        for sample in labelled:
+            with open_untrusted(sample["image"], transform.max_pixels) as image:
+                image.load()
+                loaded.append(to_rgb(image))
+        crops = [crop_pixels(image, box) for image, (box, _) in zip(loaded, chosen)]
+        outputs = [resize_flip(crop, False, transform.size) for crop in crops]
+
+        def header() -> int:
+            for sample in labelled:
+                with open_untrusted(sample["image"], transform.max_pixels) as image:
+                    transform.box(*image.size, rng)
+            return len(labelled)
+
+        def header_and_decode() -> int:
+            for sample in labelled:
+                with open_untrusted(sample["image"], transform.max_pixels) as image:
+                    transform.box(*image.size, rng)
+                    image.load()
+            return len(labelled)
+
+        def collate() -> int:
+            for start in range(0, len(outputs), batch_size):
+                stack_images(outputs[start:start + batch_size])
+                pack_labels([s["labels"] for s in labelled[start:start + batch_size]])
+            return len(outputs)
+
+        stages = {
+            "tar_read": cpu_ms(lambda: sum(1 for _ in tar_samples(urls, skips)), repeats),
+            "sha256": sha256_cpu_per_image(shards, len(raw)) * 1e3,
+            "shuffle": cpu_ms(lambda: sum(1 for _ in wds.shuffle(2000, 500, rng=random.Random(0))(iter(raw))), repeats),
+            "json_labels": cpu_ms(lambda: sum(1 for _ in labelled_samples(raw, None, skips)), repeats),
+            "header_and_box": cpu_ms(header, repeats),
+        }
+        stages["decode"] = cpu_ms(header_and_decode, repeats) - stages["header_and_box"]
+        stages["crop_to_tensor"] = cpu_ms(lambda: len([crop_pixels(image, box) for image, (box, _) in
+                                                       zip(loaded, chosen)]), repeats)
+        stages["resize"] = cpu_ms(lambda: len([resize_flip(crop, False, transform.size) for crop in crops]), repeats)
+        # Half the images are flipped.
+        stages["flip"] = 0.5 * cpu_ms(lambda: len([out.flip(-1) for out in outputs]), repeats)
+        stages["collate"] = cpu_ms(collate, repeats)
+        # One worker's share of the epoch, so the shuffle buffer's reads per image are a worker's;
+        # again with a one-sample buffer, which reads only the samples the epoch yields.
+        epoch = -(-len(labelled) // workers)
+
+        def whole(buffer: int) -> Callable[[], int]:
+            in_process = create_loader(shards, LoaderConfig(batch_size=batch_size, num_workers=0, epoch_images=epoch,
+                                                            shuffle_buffer=buffer, shuffle_initial=min(buffer, 500)))
+
+            def run() -> int:
+                in_process.set_epoch(in_process.epoch + 1)
+                return sum(batch["image"].shape[0] for batch in in_process)
+            return run
+
+        total = cpu_ms(whole(LoaderConfig.shuffle_buffer), repeats)
+        stages["shuffle_buffer_fill"] = total - cpu_ms(whole(1), repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return {**{name: round(value, 3) for name, value in stages.items()},
+            "in_process_other": round(total - sum(stages.values()), 3), "in_process_total": round(total, 3),
+            "worker_hand_off": round(workers_cpu_ms - total, 3), "worker_total": round(workers_cpu_ms, 3)}
 
 
 def best_rates(measures: dict[str, Callable[[], tuple[float, int]]], repeats: int) -> dict[str, float]:
@@ -216,39 +348,54 @@ def main() -> int:
         jpegs = extract_shard_jpegs(root / "shards", root / "same_bytes")
         ours_images = ours_loader(root / "shards", len(jpegs), args.workers, args.batch_size)
         unverified = ours_loader(root / "shards", len(jpegs), args.workers, args.batch_size, verify_shards=False)
+        plain_wds = webdataset_loader(root / "shards", args.workers, args.batch_size)
         classic = classic_loader(originals, args.workers, args.batch_size)
         same = classic_loader(root / "same_bytes", args.workers, args.batch_size)
         original_bytes = [path.read_bytes() for path in sorted(originals.rglob("*.jpg"))[:1000]]
+        ours_count, tuple_count = (lambda b: b["image"].shape[0]), (lambda b: b[0].shape[0])
         rates = best_rates({
             "bare decode (1 process, PIL, the original photos in memory)":
                 lambda: (bare_decode(original_bytes)[0], len(original_bytes)),
             "bare decode (1 process, PIL, the shards' JPEG bytes in memory)":
                 lambda: (bare_decode(jpegs[:1000])[0], 1000),
-            "ours (shards)": lambda: timed_images(ours_images, lambda b: b["image"].shape[0]),
-            "ours_unverified (shards, verify_shards=False)": lambda: timed_images(unverified, lambda b: b["image"].shape[0]),
-            "classic (original photos)": lambda: timed_images(classic, lambda b: b[0].shape[0]),
-            f"classic_same_bytes (the shards' {DEFAULT_SHORT_SIDE} px JPEGs)":
-                lambda: timed_images(same, lambda b: b[0].shape[0]),
+            "ours (shards)": lambda: timed_images(ours_images, ours_count),
+            "ours_unverified (shards, verify_shards=False)": lambda: timed_images(unverified, ours_count),
+            "webdataset (the same shards, as open_clip reads them)": lambda: timed_images(plain_wds, tuple_count),
+            "classic (original photos)": lambda: timed_images(classic, tuple_count),
+            f"classic_same_bytes (the shards' {DEFAULT_SHORT_SIDE} px JPEGs)": lambda: timed_images(same, tuple_count),
         }, args.repeats)
-        bare_originals, bare, ours, ours_unverified, classic, same = rates.values()
+        bare_originals, bare, ours, ours_unverified, webdataset, classic_rate, same_rate = rates.values()
         bare_cpu = min(bare_decode(jpegs[:1000])[1] for _ in range(args.repeats))
         bare_originals_cpu = min(bare_decode(original_bytes)[1] for _ in range(args.repeats))
-        ours_images.set_epoch(args.repeats)
-        ours_cpu, _ = worker_cpu_per_image(ours_images, len(jpegs))
-        unverified.set_epoch(args.repeats)
-        unverified_cpu, _ = worker_cpu_per_image(unverified, len(jpegs))
+        # CPU time per image of each pipeline's workers: the best of --repeats epochs.
+        cpu = {}
+        for name, dataloader, count in [("ours", ours_images, ours_count), ("ours_unverified", unverified, ours_count),
+                                        ("webdataset", plain_wds, tuple_count), ("classic", classic, tuple_count),
+                                        ("classic_same_bytes", same, tuple_count)]:
+            for epoch in range(args.repeats):
+                if hasattr(dataloader, "set_epoch"):
+                    dataloader.set_epoch(args.repeats + epoch)
+                per_image, _ = worker_cpu_per_image(getattr(dataloader, "dataloader", dataloader), count)
+                cpu[name] = min(cpu.get(name, float("inf")), per_image)
+        ours_cpu, unverified_cpu = cpu["ours"], cpu["ours_unverified"]
         sha256_cpu = min(sha256_cpu_per_image(root / "shards", len(jpegs)) for _ in range(args.repeats))
+        stages = stage_breakdown(root / "shards", ours_cpu * 1e3, args.workers, args.batch_size, args.repeats)
         print(f"CPU time per image: bare decode {bare_originals_cpu * 1e3:.2f} ms (originals), "
               f"{bare_cpu * 1e3:.2f} ms (shard bytes), ours per worker "
               f"{ours_cpu * 1e3:.2f} ms ({unverified_cpu * 1e3:.2f} ms with verify_shards=False; sha256 of "
-              f"the shards alone {sha256_cpu * 1e3:.3f} ms)", flush=True)
+              f"the shards alone {sha256_cpu * 1e3:.3f} ms), webdataset {cpu['webdataset'] * 1e3:.2f} ms, "
+              f"classic {cpu['classic'] * 1e3:.2f} ms (same bytes {cpu['classic_same_bytes'] * 1e3:.2f} ms)",
+              flush=True)
+        print(f"ours, CPU ms per image by stage: {stages}", flush=True)
         print(f"ours skipped: {ours_images.skip_counts()}", flush=True)
-    result = {"bench": "loader", "ours": round(ours, 1), "baseline": round(classic, 1), "unit": "img/s",
-              "ratio": round(ours / classic, 3), "decode_fraction": round(ours / args.workers / bare_originals, 3),
+    result = {"bench": "loader", "ours": round(ours, 1), "baseline": round(classic_rate, 1), "unit": "img/s",
+              "ratio": round(ours / classic_rate, 3), "decode_fraction": round(ours / args.workers / bare_originals, 3),
               "decode_fraction_shard_bytes": round(ours / args.workers / bare, 3),
               "baseline_reads": "original photos", "ours_reads": f"shards, short side {DEFAULT_SHORT_SIDE}",
               "ours_unverified": round(ours_unverified, 1), "verify_overhead": round(1 - ours / ours_unverified, 3),
-              "classic_same_bytes": round(same, 1), "ratio_same_bytes": round(ours / same, 3),
+              "classic_same_bytes": round(same_rate, 1), "ratio_same_bytes": round(ours / same_rate, 3),
+              "webdataset": round(webdataset, 1), "ratio_webdataset": round(ours / webdataset, 3),
+              "cpu_ratio_webdataset": round(cpu["webdataset"] / ours_cpu, 3),
               "bare_decode_per_core": {"originals": round(bare_originals, 1), "shard_bytes": round(bare, 1)},
               "cpu_decode_fraction": round(bare_originals_cpu / ours_cpu, 3),
               "cpu_decode_fraction_shard_bytes": round(bare_cpu / ours_cpu, 3),
@@ -256,7 +403,11 @@ def main() -> int:
                                    "bare_decode_shard_bytes": round(bare_cpu * 1e3, 3),
                                    "ours_worker": round(ours_cpu * 1e3, 3),
                                    "ours_worker_unverified": round(unverified_cpu * 1e3, 3),
-                                   "sha256": round(sha256_cpu * 1e3, 4)}, "images": len(jpegs), "workers": args.workers,
+                                   "webdataset_worker": round(cpu["webdataset"] * 1e3, 3),
+                                   "classic_worker": round(cpu["classic"] * 1e3, 3),
+                                   "classic_same_bytes_worker": round(cpu["classic_same_bytes"] * 1e3, 3),
+                                   "sha256": round(sha256_cpu * 1e3, 4)},
+              "ours_cpu_ms_per_image_by_stage": stages, "images": len(jpegs), "workers": args.workers,
               "batch_size": args.batch_size, "repeats": args.repeats, "cpus": os.cpu_count(),
               "load_average_1min": round(os.getloadavg()[0], 2)}
     print(json.dumps(result))

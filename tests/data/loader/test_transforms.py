@@ -100,6 +100,35 @@ def test_train_crop_box_distribution_matches_torchvision():
         assert abs(a - b) < 0.02
 
 
+def test_train_crop_equals_torchvision_resized_crop_of_the_decoded_image(shared_data):
+    """The train path cuts the box out in Pillow, resizes a channels-last tensor and flips; the
+    oracle is torchvision's resized_crop (antialiased bilinear) + hflip of the whole decoded image
+    with the same box, on real photos: the same pixels, exactly."""
+    from torchvision.transforms.v2 import functional as F
+
+    transform = TrainTransform(112, draft=False)
+    flips = 0
+    for i, data in enumerate(_real_photos(shared_data, 12)):
+        (left, top, right, bottom), flip = transform.box(*Image.open(io.BytesIO(data)).size, np.random.default_rng(i))
+        flips += flip
+        decoded = torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1).contiguous()
+        theirs = F.resized_crop(decoded, top, left, bottom - top, right - left, [112, 112], antialias=True)
+        theirs = F.horizontal_flip(theirs) if flip else theirs
+        assert torch.equal(transform(data, np.random.default_rng(i)), theirs), i
+    assert 0 < flips < 12
+
+
+def test_batches_are_channels_last_copies_of_the_images():
+    from data.loader.transforms import stack_images
+
+    rng = np.random.default_rng(11)
+    images = [TrainTransform(40)(photo_like(rng, 90, 70), rng) for _ in range(5)]
+    batch = stack_images(images)
+    assert batch.shape == (5, 3, 40, 40) and batch.dtype == torch.uint8
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(batch[i], image) for i, image in enumerate(images))
+
+
 def test_train_stream_is_reproducible_and_flips():
     data = photo_like(np.random.default_rng(4), 120, 90)
     transform = TrainTransform(48)
