@@ -96,7 +96,7 @@ def test_resuming_into_shards_of_another_vocabulary_of_the_same_size_stops_with_
                          sha256=hashlib.sha256(vocab.read_bytes()).hexdigest())
     (other / "info.json").write_text(json.dumps(info))
     line = one_error_line(main, ["--config", str(config), f"data.train={other}"], capsys)
-    assert line == (f"error: {run_dir / LATEST} was trained on the vocabulary (6 tags), but data.train={other} "
+    assert line == (f"error: {run_dir / LATEST} was trained on the vocabulary (6 tags), but data.train={other} (train) "
                     f"carries {vocab} (sha256 {info['vocab']['sha256'][:12]}, 6 tags) (label 3 is 't3' there and "
                     "'dog' here); resume on the shards it was trained on, or pass checkpoint.resume=none to start over")
     assert load_checkpoint(run_dir / LATEST)["images_seen"] == 64, "nothing was trained or written"
