@@ -73,6 +73,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data.atomic_write import write_bytes, write_json, write_text  # noqa: E402
 from data.errors import UserError, cli_main  # noqa: E402
+from data.untrusted_json import parse_json  # noqa: E402
 from data.figure_png import save_figure  # noqa: E402
 from pretrain.checkpoint import TRUNK_FILE  # noqa: E402
 from pretrain.config import PretrainConfig, config_from_dict, config_to_dict, load_config  # noqa: E402
@@ -696,7 +697,7 @@ def val_label_rows(shards: Path) -> list[list[int]]:
             for member in archive:
                 if member.isfile() and member.name.endswith(".json"):
                     handle = archive.extractfile(member)
-                    labels = json.loads(handle.read()).get("labels", []) if handle else []
+                    labels = parse_json(handle.read()).get("labels", []) if handle else []
                     rows.append(sorted({int(x) for x in labels}))
     return rows
 
