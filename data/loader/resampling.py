@@ -180,17 +180,21 @@ def mixture_label_distribution(set_counts: Sequence[Sequence[int]], weights: Seq
     """The label shares a mixture with ``weights`` aims at: Σ_i π_i n_{h,i} n_h^(q−1) / Z_i, exact
     for images with one label (as :func:`label_distribution` is for one corpus); q=1 for a stream
     without resampling. With the weights of :func:`union_target_weights` it is p_h ∝ n_h^q."""
-    counts = np.stack([_check_counts(c) for c in set_counts]).astype(np.float64)
-    label_w = np.nan_to_num(label_weights(counts.sum(axis=0), q))
-    shares = _check_mix(weights, len(counts))
-    per_set = counts * label_w
+    per_set = _set_label_masses(set_counts, q)
+    shares = _check_mix(weights, len(per_set))
     return (shares[:, None] * per_set / per_set.sum(axis=1, keepdims=True)).sum(axis=0)
 
 
-def _set_masses(set_counts: Sequence[Sequence[int]], q: float) -> np.ndarray:
-    """Z_i = Σ_h n_{h,i} n_h^(q−1) per set (NaN-free: a label no set carries has n_{h,i} = 0)."""
+def _set_label_masses(set_counts: Sequence[Sequence[int]], q: float) -> np.ndarray:
+    """n_{h,i} n_h^(q−1) per set i and label h, with the union's n_h (NaN-free: a label no set
+    carries has n_{h,i} = 0)."""
     counts = np.stack([_check_counts(c) for c in set_counts]).astype(np.float64)
-    return (counts * np.nan_to_num(label_weights(counts.sum(axis=0), q))).sum(axis=1)
+    return counts * np.nan_to_num(label_weights(counts.sum(axis=0), q))
+
+
+def _set_masses(set_counts: Sequence[Sequence[int]], q: float) -> np.ndarray:
+    """Z_i = Σ_h n_{h,i} n_h^(q−1) per set."""
+    return _set_label_masses(set_counts, q).sum(axis=1)
 
 
 def _set_images(set_counts: Sequence[Sequence[int]], set_images: Sequence[int]) -> np.ndarray:
