@@ -31,6 +31,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.transforms.v2 import functional as F
 
+from data.images import jpeg_rows
 from data.images.decode import DEFAULT_MAX_PIXELS, open_untrusted, to_rgb
 
 #: a crop box in source pixels: (left, top, right, bottom)
@@ -121,10 +122,50 @@ def decode_crop(data: bytes, transform: Transform, rng: np.random.Generator | No
     with open_untrusted(data, getattr(transform, "max_pixels", DEFAULT_MAX_PIXELS)) as image:
         box, flip = transform.box(*image.size, rng)
         size = transform.size
-        if getattr(transform, "draft", True) and image.format == "JPEG":
+        draft = getattr(transform, "draft", True)
+        if image.format == "JPEG" and image.mode == "RGB" and _is_whole(box):
+            out = _decode_box_rows(data, image.size, box, flip, size, draft)
+            if out is not None:
+                return out
+        if draft and image.format == "JPEG":
             box = _draft(image, box, size)
         image.load()
         return crop_resize(image, box, flip, size)
+
+
+def _is_whole(box: Box) -> bool:
+    return all(float(v).is_integer() for v in box)
+
+
+def _decode_box_rows(data: bytes, image_size: tuple[int, int], box: Box, flip: bool, size: int,
+                     draft: bool) -> torch.Tensor | None:
+    """A whole-pixel box (a train crop) of a sequential RGB JPEG, decoded by libjpeg-turbo only
+    down to the box's last row (:mod:`data.images.jpeg_rows`), at the smallest power-of-two DCT
+    scale the box allows when ``draft``; ``None`` when that path does not apply (Pillow then
+    decodes, as before). At full scale the pixels equal the Pillow path's exactly."""
+    frame = jpeg_rows.sequential_frame(data)
+    if frame is None or (frame.width, frame.height) != image_size:
+        return None
+    left, top, right, bottom = _whole_pixels(box)
+    eighths = jpeg_rows.scale_for(right - left, bottom - top, size) if draft else 8
+    pixels = jpeg_rows.decode_rows(data, frame, bottom, eighths)
+    if pixels is None:
+        return None
+    if eighths == 8:
+        crop = np.ascontiguousarray(pixels[top:bottom, left:right])  # the box only, as crop_pixels
+        return resize_flip(torch.from_numpy(crop).permute(2, 0, 1), flip, size)
+    # Reduced scale: the box is fractional there; cut its whole-pixel hull and let Pillow's resize
+    # honour the fraction, as the draft path does.
+    s = eighths / 8
+    scaled = (left * s, top * s, right * s, bottom * s)
+    x0, y0 = math.floor(scaled[0]), math.floor(scaled[1])
+    x1, y1 = min(math.ceil(scaled[2]), pixels.shape[1]), min(math.ceil(scaled[3]), pixels.shape[0])
+    hull = Image.fromarray(pixels[y0:y1, x0:x1])
+    out = hull.resize((size, size), Image.Resampling.BILINEAR,
+                      box=(scaled[0] - x0, scaled[1] - y0, min(scaled[2], x1) - x0, min(scaled[3], y1) - y0))
+    if flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.array(out)).permute(2, 0, 1)
 
 
 def crop_resize(image: Image.Image, box: Box, flip: bool, size: int) -> torch.Tensor:
@@ -134,7 +175,7 @@ def crop_resize(image: Image.Image, box: Box, flip: bool, size: int) -> torch.Te
     bilinear resize here; fractional boxes (the eval crop, draft-scaled boxes) take Pillow's
     resize, which honours the fraction, so the eval crop equals torchvision's Resize + CenterCrop."""
     rgb = to_rgb(image)
-    if all(float(v).is_integer() for v in box):
+    if _is_whole(box):
         return resize_flip(crop_pixels(rgb, box), flip, size)
     out = rgb.resize((size, size), Image.Resampling.BILINEAR, box=box)
     if flip:
