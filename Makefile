@@ -43,6 +43,10 @@ gpu-carry: venv
 	rm -rf build/gpu && mkdir -p build/gpu/wheels
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -c constraints.txt -d build/gpu/wheels \
 		webdataset braceexpand
+	# simplejpeg is compiled: the wheel for the GPU machine's CPython 3.12
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -c constraints.txt -d build/gpu/wheels \
+		--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 simplejpeg
 	if [ -d ../shared/data ]; then \
 		mkdir -p build/gpu/shared-data/imagenet_samples && \
 		cp -r ../shared/data/image_edge_cases build/gpu/shared-data/ && \

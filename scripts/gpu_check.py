@@ -38,7 +38,7 @@ code generation, which tests/pretrain/test_train.py exercises for real on the CP
 skip with their reason. A test in ``make test`` runs it, so this script keeps working between
 the rare occasions a GPU is at hand.
 
-No network: on a bare machine without webdataset, the pure-Python wheels that ``make gpu-carry``
+No network: on a bare machine without webdataset or simplejpeg, the wheels that ``make gpu-carry``
 puts in build/gpu/wheels are unpacked into the scratch folder and put on the path (also of every
 child); build/gpu/shared-data (a subset of ../shared/data) feeds the real-photo decode tests. wandb
 is off (``tracking.wandb=disabled``). Runs on torch 2.11 as on the pinned 2.14.
@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import importlib.util
 import json
 import os
 import platform
@@ -260,31 +261,35 @@ def child_env(work: Path, dry_run: bool) -> dict[str, str]:
     return env
 
 
-def ensure_webdataset(work: Path) -> str:
-    """webdataset importable: installed, or unpacked here from the carried pure-Python wheels."""
-    try:
-        import webdataset  # noqa: F401
+#: packages a bare GPU machine may lack, carried as wheels by ``make gpu-carry``
+CARRIED = ("webdataset", "braceexpand", "simplejpeg")
+
+
+def ensure_carried_packages(work: Path) -> str:
+    """webdataset and simplejpeg importable: installed, or unpacked here from the carried wheels
+    (pure Python, and simplejpeg's CPython 3.12 manylinux wheel)."""
+    missing = [name for name in CARRIED if importlib.util.find_spec(name) is None]
+    if not missing:
         return "installed"
-    except ImportError:
-        pass
     wheels = sorted((CARRY / "wheels").glob("*.whl"))
     if not wheels:
-        return f"missing (no wheels in {CARRY / 'wheels'}: run `make gpu-carry` where pip works)"
+        return f"missing {', '.join(missing)} (no wheels in {CARRY / 'wheels'}: run `make gpu-carry` where pip works)"
     site = work / "site"
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(site)
     sys.path.insert(0, str(site))
-    return "unpacked from " + ", ".join(w.name for w in wheels)
+    importlib.invalidate_caches()
+    return f"{', '.join(missing)} unpacked from " + ", ".join(w.name for w in wheels)
 
 
 # -- phases --------------------------------------------------------------------------------------
 
-def phase_env(check: Check, webdataset: str) -> None:
+def phase_env(check: Check, carried: str) -> None:
     info: dict[str, Any] = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "python": platform.python_version(),
         "torch": torch.__version__, "cuda": torch.version.cuda, "cpu_cores": os.cpu_count(),
-        "dry_run": check.args.dry_run, "webdataset": webdataset, "command": shlex.join(sys.argv),
+        "dry_run": check.args.dry_run, "carried_packages": carried, "command": shlex.join(sys.argv),
         "git_commit": _git_commit()}
     with contextlib.suppress(ImportError):
         import torchvision
@@ -797,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = Sizes(**{**asdict(sizes), "models": tuple(args.models.split(","))})
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
-    webdataset = ensure_webdataset(work)
+    carried = ensure_carried_packages(work)
     check = Check(args, sizes, work)
     # Every phase bounds its children; this is the backstop should the parent itself hang.
     faulthandler.dump_traceback_later(check.limit + 60, exit=True)
@@ -809,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         build.start()  # CPU work beside the tests
     if "env" in phases:
         with check.phase("env"):
-            phase_env(check, webdataset)
+            phase_env(check, carried)
     if "tests" in phases:
         with check.phase("tests") as budget:
             if budget:
