@@ -255,7 +255,9 @@ def stage_breakdown(shards: Path, workers_cpu_ms: float, workers: int, batch_siz
         fallbacks = sum(frame is None for frame in frames)
         bottoms = [int(round(box[3])) for box, _ in chosen]
 
-        def rows() -> list:
+        def rows(keep: int = 0) -> list:
+            """Decode every sample as the train path does; keep the first ``keep`` results (all of
+            them would hold every decoded image in memory at once, which no worker does)."""
             decoded = []
             for sample, frame, bottom in zip(labelled, frames, bottoms):
                 pixels = None if frame is None else jpeg_rows.decode_rows(sample["image"], frame, bottom)
@@ -263,10 +265,11 @@ def stage_breakdown(shards: Path, workers_cpu_ms: float, workers: int, batch_siz
                     with open_untrusted(sample["image"], transform.max_pixels) as image:
                         image.load()
                         pixels = np.asarray(to_rgb(image))
-                decoded.append(pixels)
+                if len(decoded) < keep:
+                    decoded.append(pixels)
             return decoded
 
-        decoded = rows()
+        decoded = rows(keep=1000)
 
         def cut(pixels, box) -> torch.Tensor:
             left, top, right, bottom = (int(round(v)) for v in box)
@@ -294,7 +297,7 @@ def stage_breakdown(shards: Path, workers_cpu_ms: float, workers: int, batch_siz
             "json_labels": cpu_ms(lambda: sum(1 for _ in labelled_samples(raw, None, skips)), repeats),
             "header_and_box": cpu_ms(header, repeats),
         }
-        stages["decode_rows"] = cpu_ms(lambda: len(rows()), repeats)
+        stages["decode_rows"] = cpu_ms(lambda: (rows(), len(labelled))[1], repeats)
         stages["crop_to_tensor"] = cpu_ms(lambda: len([cut(pixels, box) for pixels, (box, _) in
                                                        zip(decoded, chosen)]), repeats)
         stages["resize"] = cpu_ms(lambda: len([resize_flip(crop, False, transform.size) for crop in crops]), repeats)
