@@ -48,7 +48,8 @@ from data.shards.histogram import plot_label_histogram
 from data.shards.plan import PLAN_FILE, Plan, Unit, make_plan, read_plan
 from data.shards.scan import SCAN_FORMAT, Scanner, part_name
 from data.shards.unit import (BUILD_DIR, UnitContext, check_unit, ensure_unit, ensure_unit_in_worker, init_worker,
-                              read_manifest, rebuild_unit_in_worker, remove_temporary_files)
+                              read_manifest, rebuild_unit_in_worker, remove_temporary_files,
+                              remove_units_temporary_files)
 from data.skip_report import SkipReport
 from data.vocab.vocabulary import Vocabulary
 from data.worker_pool import ordered_map, start_pool
@@ -425,6 +426,10 @@ def _build(plan: Plan, config: BuildConfig, context: UnitContext, result: BuildR
                 if state == "damaged":
                     result.damaged.append(unit.name)
             bar.update(count)
+    except BaseException:
+        found.close()  # stops the pool: no worker is still writing
+        remove_units_temporary_files(context.out_dir, mine)
+        raise
     finally:
         bar.close()
 

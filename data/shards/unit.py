@@ -77,6 +77,21 @@ def remove_temporary_files(path: Path, min_age_s: float = 0.0) -> None:
                 temp.unlink()
 
 
+def remove_units_temporary_files(out_dir: str | Path, units: list[Unit]) -> None:
+    """Delete the temp files of ``units``' shards and manifests (one listing of each directory).
+
+    Called once a failed build phase has stopped its workers: a worker killed in the middle of
+    writing a shard (the pool is terminated when another worker fails) cannot clean up after
+    itself, and the units are this node's own, so their temp files are all stale."""
+    names = {f"{unit.name}.tar" for unit in units} | {f"{unit.name}.json" for unit in units}
+    for directory in (Path(out_dir), Path(out_dir) / BUILD_DIR):
+        with contextlib.suppress(FileNotFoundError):
+            for temp in directory.glob(".*.tmp"):
+                if temp.name[1:].rsplit(".", 2)[0] in names:
+                    with contextlib.suppress(FileNotFoundError):
+                        temp.unlink()
+
+
 def read_manifest(out_dir: str | Path, name: str) -> dict[str, Any] | None:
     try:
         return json.loads(manifest_path(out_dir, name).read_text(encoding="utf-8"))
