@@ -37,11 +37,12 @@ default is --ranks 2 and --jobs os.cpu_count() // 2. Either way the recipe is th
 rank, gradient accumulation keeps the recipe's global batch (its batch per rank x 2 ranks) and
 per-rank BN batch.
 
-Cost: on 2 cores the 2026-11-26 run took 64 min for 21 pretraining cells of 60,000 images and 3
-random-trunk probes (docs/ablations.md): about 3.0 min per pretraining cell and 0.3 min per
+Cost: measured on 2 cores in the 2026-12-05 run of the defaults (docs/ablations.md): 1.6 min per
+pretraining cell of 60,000 images (including its linear probe; 84-167 s, mean 96 s) and 0.1 min per
 random-init cell, scaling with --pretrain-images. The defaults (12 configurations + 2 random-init
-references x 5 seeds = 70 cells) come to about 3 h, plus the worlds and shards (guessed at ~10
-min, not measured at the defaults); the command prints its estimate when it starts.
+references x 5 seeds = 70 cells) come to about 1 h 40 min, plus the worlds, vocabularies and shards
+(about 2 min on idle cores, of which 48 s is the 60,000-photo long-tailed world); the command
+prints its estimate when it starts.
 """
 from __future__ import annotations
 
@@ -89,9 +90,10 @@ FULL_VOCAB_CAP = 1000  # the demo's --top-k: in the default world, min-count bin
 RESULT_FILE = "result.json"
 SETTINGS_FILE = "settings.json"
 METRICS = {"linear": "linear probe", "finetune": "fine-tuning"}
-# Minutes per cell on the project's 2-core machine at 60,000 pretraining images: 64 min for 21
-# pretraining cells and 3 random-init probes (docs/ablations.md, 2026-11-26).
-MINUTES_PER_CELL = {"pretrained": 3.0, "random-init": 0.3}
+# Minutes per cell on the project's 2-core machine at 60,000 pretraining images, one cell at a time
+# on 2 ranks: the 2026-12-05 run of the defaults, 60 pretraining cells at a mean of 96 s (probe
+# included) and 10 random-init probes at 7 s (docs/ablations.md).
+MINUTES_PER_CELL = {"pretrained": 1.6, "random-init": 0.1}
 MINUTES_PER_CELL_IMAGES = 60_000
 CONFIDENCE = 0.95
 
@@ -144,7 +146,7 @@ def _sampling_levels(prefix: str, world: str, baseline: Arm) -> tuple[Level, ...
               "times its images' label counts; nothing is resampled"),
         Level("1", Arm(f"{prefix}q1", q=1.0, world=world),
               "a hashtag drawn with frequency ∝ n_h, then an image carrying it: an image is weighted by "
-              "its number of labels (w(I) = |I|), which is not the natural stream with multi-label images"),
+              "its number of labels k (w(I) = k), which is not the natural stream with multi-label images"),
         Level("0.5 (square root)", baseline,
               "a hashtag drawn with frequency ∝ √n_h, then an image carrying it (the paper's default)"),
         Level("0 (uniform)", Arm(f"{prefix}q0", q=0.0, world=world),

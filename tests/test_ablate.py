@@ -229,12 +229,25 @@ def test_the_sampling_rows_include_natural_and_say_what_they_mean_and_sigmoid_ke
     assert args.seeds == [0, 1, 2, 3, 4]
 
 
+def test_every_table_row_has_the_header_columns(tmp_path):
+    """A "|" inside a cell's text (a formula such as w(I) = |I|) would split its row into extra
+    columns and shift every figure after it: every row of the downstream table has the header's
+    column count."""
+    ablate = load_ablate()
+    settings = ablate.Settings(1, 1, 256, None, 1, 1, 1, False, {})
+    lines = ablate.table_lines(ablate.FACTORS, [], "linear", settings)
+    header = len(re.split(r"(?<!\\)\|", lines[0]))
+    assert len(lines) > 2 + len(ablate.FACTORS)
+    for line in lines:
+        assert len(re.split(r"(?<!\\)\|", line)) == header, line
+
+
 def test_the_default_run_states_its_cost():
     """--help states the default run's cell count and time from the measured minutes per cell."""
     ablate = load_ablate()
     cells = [ablate.Cell(arm, seed) for seed in range(5) for arm in ablate.arms_of(ablate.FACTORS)]
     assert len(cells) == 70
     minutes = ablate.estimate_minutes(cells, 60_000)
-    assert minutes == pytest.approx(60 * 3.0 + 10 * 0.3)
+    assert minutes == pytest.approx(60 * 1.6 + 10 * 0.1)
     help_text = run_ablate(REPO / "runs" / "unused", "--help").stdout
-    assert "70 cells" in help_text and "about 3 h" in help_text
+    assert "70 cells" in help_text and "about 1 h 40 min" in help_text
