@@ -229,7 +229,7 @@ def test_the_sampling_rows_include_natural_and_say_what_they_mean_and_sigmoid_ke
     assert args.seeds == [0, 1, 2, 3, 4]
 
 
-def test_every_table_row_has_the_header_columns(tmp_path):
+def test_every_table_row_has_the_header_columns():
     """A "|" inside a cell's text (a formula such as w(I) = |I|) would split its row into extra
     columns and shift every figure after it: every row of the downstream table has the header's
     column count."""
