@@ -34,6 +34,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from data.images.jpeg_region import restart_blocks
+
 #: formats tried by ``Image.open`` (multi-picture MPO files open through the JPEG plugin);
 #: anything else is skipped as ``unsupported_format``
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "ICO")
@@ -136,7 +138,11 @@ def convert(data: bytes, settings: ImageSettings = ImageSettings()) -> Converted
     as JPEG. Raises :class:`ImageSkip` for anything that cannot be converted."""
     image, original_size = decode(data, settings)
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=settings.quality)
+    # 4:2:0 (Pillow's default at these qualities, named so that the restart interval's MCU width
+    # holds), with restart markers that let the loader decode only a crop's columns
+    # (data/images/jpeg_region.py: ~1.5 % more bytes, ~30 % less CPU per train crop).
+    image.save(buffer, "JPEG", quality=settings.quality, subsampling="4:2:0",
+               restart_marker_blocks=restart_blocks(image.width, mcu_width=16))
     return ConvertedImage(buffer.getvalue(), image, original_size)
 
 

@@ -75,7 +75,7 @@ from torchvision import datasets, transforms
 
 from data.corpus.table import TableReader
 from data.errors import cli_main
-from data.images import jpeg_rows
+from data.images import jpeg_region
 from data.images.decode import DEFAULT_SHORT_SIDE, open_untrusted, to_rgb
 from data.loader.labels import pack_labels
 from data.loader.pipeline import LoaderConfig, create_loader
@@ -250,32 +250,36 @@ def stage_breakdown(shards: Path, workers_cpu_ms: float, workers: int, batch_siz
             with open_untrusted(sample["image"], transform.max_pixels) as image:
                 chosen.append(transform.box(*image.size, rng))
         # The train path's decode (data/loader/transforms.py): libjpeg-turbo decodes each
-        # sequential RGB JPEG only down to its box's last row; the rest falls back to Pillow.
-        frames = [jpeg_rows.sequential_frame(sample["image"]) for sample in labelled]
+        # sequential RGB JPEG only over its box's region (rows, and columns where the file has
+        # restart markers); the rest falls back to Pillow.
+        frames = [jpeg_region.sequential_frame(sample["image"]) for sample in labelled]
         fallbacks = sum(frame is None for frame in frames)
-        bottoms = [int(round(box[3])) for box, _ in chosen]
+        with_restarts = sum(frame is not None and frame.restart_interval > 0 for frame in frames)
+        boxes = [tuple(int(round(v)) for v in box) for box, _ in chosen]
 
-        def rows(keep: int = 0) -> list:
+        def region(keep: int = 0) -> list:
             """Decode every sample as the train path does; keep the first ``keep`` results (all of
-            them would hold every decoded image in memory at once, which no worker does)."""
+            them would hold every decoded image in memory at once, which no worker does) as
+            (pixels, x0, y0)."""
             decoded = []
-            for sample, frame, bottom in zip(labelled, frames, bottoms):
-                pixels = None if frame is None else jpeg_rows.decode_rows(sample["image"], frame, bottom)
-                if pixels is None:
+            for sample, frame, box in zip(labelled, frames, boxes):
+                out = None if frame is None else jpeg_region.decode_region(sample["image"], frame, box)
+                if out is None:
                     with open_untrusted(sample["image"], transform.max_pixels) as image:
                         image.load()
-                        pixels = np.asarray(to_rgb(image))
+                        out = np.asarray(to_rgb(image)), 0, 0
                 if len(decoded) < keep:
-                    decoded.append(pixels)
+                    decoded.append(out)
             return decoded
 
-        decoded = rows(keep=1000)
+        decoded = region(keep=1000)
 
-        def cut(pixels, box) -> torch.Tensor:
-            left, top, right, bottom = (int(round(v)) for v in box)
-            return torch.from_numpy(np.ascontiguousarray(pixels[top:bottom, left:right])).permute(2, 0, 1)
+        def cut(out, box) -> torch.Tensor:
+            pixels, x0, y0 = out
+            left, top, right, bottom = box
+            return torch.from_numpy(np.ascontiguousarray(pixels[top - y0:bottom - y0, left - x0:right - x0])).permute(2, 0, 1)
 
-        crops = [cut(pixels, box) for pixels, (box, _) in zip(decoded, chosen)]
+        crops = [cut(out, box) for out, box in zip(decoded, boxes)]
         outputs = [resize_flip(crop, False, transform.size) for crop in crops]
 
         def header() -> int:
@@ -297,9 +301,8 @@ def stage_breakdown(shards: Path, workers_cpu_ms: float, workers: int, batch_siz
             "json_labels": cpu_ms(lambda: sum(1 for _ in labelled_samples(raw, None, skips)), repeats),
             "header_and_box": cpu_ms(header, repeats),
         }
-        stages["decode_rows"] = cpu_ms(lambda: (rows(), len(labelled))[1], repeats)
-        stages["crop_to_tensor"] = cpu_ms(lambda: len([cut(pixels, box) for pixels, (box, _) in
-                                                       zip(decoded, chosen)]), repeats)
+        stages["decode_region"] = cpu_ms(lambda: (region(), len(labelled))[1], repeats)
+        stages["crop_to_tensor"] = cpu_ms(lambda: len([cut(out, box) for out, box in zip(decoded, boxes)]), repeats)
         stages["resize"] = cpu_ms(lambda: len([resize_flip(crop, False, transform.size) for crop in crops]), repeats)
         # Half the images are flipped.
         stages["flip"] = 0.5 * cpu_ms(lambda: len([out.flip(-1) for out in outputs]), repeats)
@@ -323,7 +326,7 @@ def stage_breakdown(shards: Path, workers_cpu_ms: float, workers: int, batch_siz
         torch.set_num_threads(threads)
     return {**{name: round(value, 3) for name, value in stages.items()},
             "in_process_other": round(total - sum(stages.values()), 3), "in_process_total": round(total, 3),
-            "decode_rows_fallbacks": fallbacks,
+            "decode_region_fallbacks": fallbacks, "decode_region_with_restart_markers": with_restarts,
             "worker_hand_off": round(workers_cpu_ms - total, 3), "worker_total": round(workers_cpu_ms, 3)}
 
 
