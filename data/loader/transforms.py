@@ -11,7 +11,7 @@ Both choose their box from the image *header* before any pixel is decoded, which
 - a train crop (a whole-pixel box) of a sequential RGB JPEG, which is what the shard builder
   writes, is decoded by libjpeg-turbo's own API only over the box's region
   (:mod:`data.images.jpeg_region`: its rows, and its columns too when the file has the restart
-  markers the builder writes): the same pixels as Pillow's decode, about half its CPU;
+  markers the builder writes): the same pixels as Pillow's decode, ~40 % of its CPU;
   Pillow still opens every image first and decodes whatever that path leaves. The result equals
   decode-then-crop-then-resize up to the difference between libjpeg's DCT downscale and a bilinear
   downscale: on real photos tests/data/loader/test_transforms.py measures a mean absolute difference
