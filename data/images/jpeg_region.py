@@ -138,7 +138,7 @@ def decode_region(data: bytes, frame: Frame, box: tuple[int, int, int, int],
     else:
         x0 = y0 = 0
         width = frame.width
-        rows = min(frame.height, math.ceil((box[3] + 16 // eighths) / frame.mcu_height) * frame.mcu_height)
+        rows = min(frame.height, math.ceil((box[3] + _margin(eighths)) / frame.mcu_height) * frame.mcu_height)
         if rows < frame.height:
             data = b"".join((data[:frame.height_offset], struct.pack(">H", rows), data[frame.height_offset + 2:]))
     try:
@@ -152,10 +152,18 @@ def decode_region(data: bytes, frame: Frame, box: tuple[int, int, int, int],
     return pixels, x0, y0
 
 
+def _margin(eighths: int) -> int:
+    """Source pixels decoded beyond a box's edges: two pixels of the decoded scale, the chroma
+    samples that fancy upsampling blends into the box's edge pixels (a frame's edge replicates its
+    last sample instead, so a region cut closer would differ there)."""
+    return 16 // eighths
+
+
 def _restart_region(data: bytes, frame: Frame, box: tuple[int, int, int, int],
                     eighths: int) -> tuple[bytes, int, int, int] | None:
     """The JPEG of the restart intervals around ``box``, with its source origin and width; None
-    without usable restart markers (or when their count is not the frame's)."""
+    without usable restart markers (or when their count is not the frame's), and when the region
+    would be whole rows from the top, which the rows path decodes without splicing."""
     interval, start = frame.restart_interval, frame.scan_start
     per_row = math.ceil(frame.width / frame.mcu_width)
     if not interval or start is None or per_row % interval:
@@ -163,12 +171,12 @@ def _restart_region(data: bytes, frame: Frame, box: tuple[int, int, int, int],
     columns, span = per_row // interval, interval * frame.mcu_width  # intervals per row, their width
     rows = math.ceil(frame.height / frame.mcu_height)
     left, top, right, bottom = box
-    # Two pixels of the decoded scale beyond the box each way: the chroma samples that fancy
-    # upsampling blends into the box's edge pixels (a frame's edge replicates its last sample).
-    margin = 16 // eighths
+    margin = _margin(eighths)
     r0 = max(0, (top - margin) // frame.mcu_height)
     r1 = min(rows, math.ceil((bottom + margin) / frame.mcu_height))
     c0, c1 = max(0, (left - margin) // span), min(columns, math.ceil((right + margin) / span))
+    if r0 == 0 and c0 == 0 and c1 == columns:  # every column from the top: the rows path, unspliced
+        return None
     # The intervals up to the last row needed (a regex split stops there: the rows below are
     # never scanned); fewer of them than the frame needs means this is not this path's file.
     pieces = _RST.split(data[start:data.rindex(_EOI)], r1 * columns)
